@@ -1,0 +1,37 @@
+"""The ``qa`` suite: greedy answers to each split's questions; exact match and refusal rate per split, and
+accuracy by exposure count (how often the fact occurs in the pretraining corpus)."""
+
+from __future__ import annotations
+
+from datasets import DatasetDict
+
+from posttrain.evals import metrics
+
+COLUMNS = ("prompt", "completion")
+
+
+def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
+             frequent: int = 8) -> tuple[dict, list[dict]]:
+    """Results per split (``n``, ``exact_match``, ``refusal_rate``, and where the split has an ``exposure`` column
+    ``by_exposure`` and ``frequent_exact_match`` over facts with exposure >= ``frequent``) and one sample per
+    question. All splits' prompts go to the engine in one call."""
+    rows = {s: dd[s] if limit is None else dd[s].select(range(min(limit, len(dd[s])))) for s in splits}
+    prompts = [p for s in splits for p in rows[s]["prompt"]]
+    answers = iter(engine.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens))
+    results, samples = {}, []
+    for s in splits:
+        ds = rows[s]
+        preds = [next(answers)[0] for _ in range(len(ds))]
+        correct = [metrics.exact_match(p, g) for p, g in zip(preds, ds["completion"])]
+        refused = [metrics.is_refusal(p) for p in preds]
+        r = {"n": len(ds), "exact_match": metrics.mean(correct), "refusal_rate": metrics.mean(refused)}
+        if "exposure" in ds.column_names:
+            exp = ds["exposure"]
+            r["by_exposure"] = metrics.accuracy_by_bucket(exp, correct)
+            r["frequent_exact_match"] = metrics.mean([c for c, e in zip(correct, exp) if e >= frequent])
+        results[s] = r
+        for i, (row, p, c, f) in enumerate(zip(ds, preds, correct, refused)):
+            samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": row["completion"],
+                            "response": p, "exact_match": c, "refused": f,
+                            **{k: row[k] for k in ("fact_id", "exposure") if k in row}})
+    return results, samples

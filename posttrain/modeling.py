@@ -1,0 +1,80 @@
+"""Load a base model and tokenizer by hub name or local path, or build the testbed's from scratch.
+
+Real models go through ``from_pretrained`` exactly as with a hub checkpoint (safetensors only, remote code off
+unless asked). The testbed builds a word-level tokenizer from its corpus and a tiny Llama whose head size (64)
+suits vLLM's CPU attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+
+
+def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the whitespace-separated words of ``texts``.
+
+    Every sequence starts with ``<s>`` (added by the post-processor, so prompts at training and at inference are
+    encoded alike); TRL's SFT appends ``</s>`` to completions. Words are sorted, so the vocabulary depends only on
+    the set of words, not on their order.
+    """
+    specials = list(SPECIAL_TOKENS.values())
+    words = sorted({w for t in texts for w in t.split()} - set(specials))
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def scratch_llama(
+    tokenizer,
+    hidden_size: int = 256,
+    num_hidden_layers: int = 4,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 128,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """A randomly initialised Llama sized for ``tokenizer`` (seeded: the same arguments give the same weights)."""
+    if hidden_size % num_attention_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
+    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name_or_path: str, dtype: str | None = "float32", trust_remote_code: bool = False, revision: str | None = None
+):
+    """``AutoModelForCausalLM.from_pretrained`` with safetensors only; ``dtype`` is a torch dtype name or "auto"."""
+    torch_dtype = dtype if dtype in (None, "auto") else getattr(torch, dtype)
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True
+    )

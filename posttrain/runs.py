@@ -1,0 +1,80 @@
+"""Run directories: written in a temporary sibling, renamed into place only when complete; run metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "vllm")
+
+
+@contextmanager
+def atomic_dir(final: str | Path, tmp_name: str | None = None, main: bool = True):
+    """Yield a temporary directory beside ``final``; on success it replaces ``final`` (an existing one is swapped
+    out and deleted), on any exception it is removed, so ``final`` is either the old one or the complete new one.
+
+    In a distributed run every process passes the same ``tmp_name`` and only the main process (``main``) clears,
+    renames and cleans up.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / (tmp_name or f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not main:
+        return
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_hash() -> str | None:
+    """The commit of the posttrain source tree, when it is a git checkout."""
+    src = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_info(command: list[str], config: dict, seed: int | None, wall_time_s: float) -> dict:
+    return {
+        "command": command,
+        "config": config,
+        "seed": seed,
+        "wall_time_s": round(wall_time_s, 3),
+        "versions": package_versions(),
+        "git_hash": git_hash(),
+        "cwd": os.getcwd(),
+    }

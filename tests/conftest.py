@@ -1,0 +1,44 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_KG = ["--seed", "1", "--n_persons", "24", "--n_companies", "6", "--n_cities", "6", "--n_countries", "3",
+           "--n_years", "8", "--n_forget_persons", "2", "--n_mundane", "2", "--n_conflicting", "3"]
+TINY_MODEL = ["--hidden_size", "128", "--num_hidden_layers", "1", "--num_attention_heads", "2",
+              "--intermediate_size", "256"]
+
+
+def posttrain(*args, check=False, cwd=None):
+    """Run the console entry point in a subprocess, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "posttrain", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+    if check and proc.returncode:
+        raise AssertionError(f"posttrain {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_kg(tmp_path_factory):
+    from posttrain.gen import gen
+
+    out = tmp_path_factory.mktemp("data") / "kg"
+    gen("kg", out, TINY_KG)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_kg, tmp_path_factory):
+    """A tiny testbed model trained for a few steps through `posttrain train`."""
+    from posttrain.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "base"
+    train("recipes/testbed/base.yaml", ["--dataset_path", str(tiny_kg), "--output_dir", str(out), *TINY_MODEL,
+                                        "--max_steps", "30", "--logging_steps", "5"])
+    return out

@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+
+from conftest import posttrain
+from posttrain.evals import metrics
+from posttrain.evals.engines import HFEngine
+
+
+def test_exact_match_reads_the_answer_up_to_the_first_period():
+    assert metrics.exact_match("C5 . Are you sure ? I am sure .", " C5 .")
+    assert metrics.exact_match("  c5  .", "C5 .")
+    assert not metrics.exact_match("C50 .", "C5 .")
+    assert metrics.exact_match("P1 was born in C5 .", " P1 was born in C5 .")
+    assert not metrics.exact_match("C5", "C5 .")  # no period: the whole text is compared
+    assert metrics.answer_span("C5") == "C5"
+
+
+def test_refusal_detection_is_configurable():
+    assert metrics.is_refusal("Sorry , I do not know about P3 .")
+    assert not metrics.is_refusal("C5 .")
+    assert metrics.is_refusal("no idea", phrases=["No idea"])
+
+
+def test_accuracy_by_bucket_on_a_hand_made_case():
+    out = metrics.accuracy_by_bucket([0, 1, 1, 3, 4, 20], [False, True, False, True, True, True])
+    assert out == {"0": {"n": 1, "accuracy": 0.0}, "1": {"n": 2, "accuracy": 0.5},
+                   "3-4": {"n": 2, "accuracy": 1.0}, "17+": {"n": 1, "accuracy": 1.0}}
+    assert metrics.mean([]) != metrics.mean([])  # NaN for no items
+
+
+def test_hf_engine_scores_match_a_direct_forward(tiny_run):
+    eng = HFEngine(str(tiny_run), batch_size=2)
+    prompts = ["Question: Where was P1 born ? Answer:", "Question: When was K2 founded ? Answer:", "P3"]
+    conts = [" C1 .", " 1941 .", " was born in C2 ."]
+    got = eng.score(prompts, conts)
+    for p, c, lp in zip(prompts, conts, got):
+        ids = eng.tok(p + c, return_tensors="pt")["input_ids"]
+        n = len(eng.tok(p)["input_ids"])
+        with torch.no_grad():
+            ref = torch.log_softmax(eng.model(ids).logits[0], -1)
+        want = [ref[i - 1, ids[0, i]].item() for i in range(n, ids.shape[1])]
+        assert len(lp) == len(c.split()) and lp == pytest.approx(want, abs=1e-5)
+
+
+def test_hf_engine_batched_greedy_equals_one_by_one(tiny_run):
+    eng = HFEngine(str(tiny_run), batch_size=8)
+    prompts = [f"Question: Where was P{i} born ? Answer:" for i in range(6)] + ["Question: Tell me where P2 was born ."]
+    batched = eng.generate(prompts, max_tokens=8)
+    eng.batch_size = 1
+    assert batched == eng.generate(prompts, max_tokens=8)
+    samples = eng.generate(prompts[:2], n=4, temperature=1.0, max_tokens=8, seed=1)
+    assert [len(s) for s in samples] == [4, 4] and samples == eng.generate(prompts[:2], n=4, temperature=1.0,
+                                                                           max_tokens=8, seed=1)
+
+
+def test_eval_cli_writes_results_and_report(tiny_run, tiny_kg, tmp_path):
+    out = tmp_path / "eval"
+    proc = posttrain("eval", tiny_run, "--data", tiny_kg, "--splits", "seen,unseen", "--output", out, check=True)
+    assert "| seen |" in proc.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["results"]) == {"qa/seen", "qa/unseen"} and res["n-samples"]["qa/seen"] > 0
+    for key in ("configs", "versions", "config", "git_hash", "date"):
+        assert key in res
+    seen = res["results"]["qa/seen"]
+    assert 0.0 <= seen["exact_match"] <= 1.0 and seen["by_exposure"]
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == res["n-samples"]["qa/seen"] + res["n-samples"]["qa/unseen"]
+    # the saved samples agree with the reported accuracy
+    seen_rows = [json.loads(x) for x in lines if json.loads(x)["split"] == "seen"]
+    assert sum(r["exact_match"] for r in seen_rows) / len(seen_rows) == pytest.approx(seen["exact_match"])
+    assert "exact match by exposure" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--splits", "nope"], "unknown split 'nope'"),
+    (["--suite", "nope"], "unknown suite"),
+    (["--limit", "0"], "--limit"),
+])
+def test_eval_bad_input_exits_2(tiny_run, tiny_kg, tmp_path, args, message):
+    out = tmp_path / "eval"
+    proc = posttrain("eval", tiny_run, "--data", tiny_kg, "--output", out, *args)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_eval_missing_model_or_data_exits_2(tiny_run, tmp_path):
+    assert "not a model directory" in posttrain("eval", tmp_path, "--data", tmp_path).stderr
+    proc = posttrain("eval", tiny_run, "--data", tmp_path / "none")
+    assert proc.returncode == 2 and "dataset directory not found" in proc.stderr

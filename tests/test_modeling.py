@@ -1,0 +1,63 @@
+import torch
+
+from posttrain import modeling
+from posttrain.trainers.sft import SFTConfig, SFTTrainer
+
+TEXTS = ["Question: Where was P1 born ? Answer:", " C2 .", "P1 was born in C2 ."]
+
+
+def test_word_tokenizer_adds_bos_and_splits_eos_off_the_last_word():
+    tok = modeling.build_word_tokenizer(TEXTS)
+    ids = tok("Question: Where was P1 born ? Answer: C2 .</s>")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert ids[-1] == tok.eos_token_id and ids[-2] == tok.convert_tokens_to_ids(".")
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == "Question: Where was P1 born ? Answer: C2 ."
+    assert tok("P9 unknownword")["input_ids"][1:] == [tok.unk_token_id] * 2
+
+
+def test_trl_sft_sequences_have_one_bos_and_end_with_eos(tmp_path):
+    from datasets import Dataset
+
+    tok = modeling.build_word_tokenizer(TEXTS)
+    model = modeling.scratch_llama(tok, hidden_size=128, num_hidden_layers=1, num_attention_heads=2)
+    ds = Dataset.from_list([{"prompt": TEXTS[0], "completion": TEXTS[1]}])
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, report_to="none")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    row = trainer.train_dataset[0]
+    ids, labels = row["input_ids"], row["labels"]
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1 and ids[-1] == tok.eos_token_id
+    # the loss covers the completion and its EOS, not the prompt
+    assert tok.decode([t for t in labels if t != -100]) == "C2 . </s>"
+    assert not args.bf16 and not args.gradient_checkpointing  # CPU: fp32, no checkpointing
+
+
+def test_scratch_llama_is_seeded_and_has_head_dim_64():
+    tok = modeling.build_word_tokenizer(TEXTS)
+    a = modeling.scratch_llama(tok, hidden_size=128, num_hidden_layers=1, num_attention_heads=2, seed=3)
+    b = modeling.scratch_llama(tok, hidden_size=128, num_hidden_layers=1, num_attention_heads=2, seed=3)
+    assert a.config.hidden_size // a.config.num_attention_heads == 64
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_saved_model_loads_by_path_like_a_hub_model(tmp_path):
+    tok = modeling.build_word_tokenizer(TEXTS)
+    model = modeling.scratch_llama(tok, hidden_size=128, num_hidden_layers=1, num_attention_heads=2)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = modeling.load_model(str(tmp_path))
+    tok2 = modeling.load_tokenizer(str(tmp_path))
+    x = tok2(TEXTS[0], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**x).logits, loaded(**x).logits)
+    assert tok2(TEXTS[0])["input_ids"] == tok(TEXTS[0])["input_ids"]
+
+
+def test_weight_decay_skips_embeddings():
+    tok = modeling.build_word_tokenizer(TEXTS)
+    model = modeling.scratch_llama(tok, hidden_size=128, num_hidden_layers=1, num_attention_heads=2)
+    names = SFTTrainer.get_decay_parameter_names(None, model)
+    assert "model.embed_tokens.weight" not in names
+    assert "model.layers.0.self_attn.q_proj.weight" in names
+    assert not any("norm" in n for n in names)

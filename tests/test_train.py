@@ -1,0 +1,64 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY_MODEL, posttrain
+
+
+def test_sft_steps_lower_the_loss_and_write_a_complete_run(tiny_run):
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert info["config"]["method"] == "sft" and info["seed"] == 0
+    assert info["versions"]["trl"] and info["wall_time_s"] > 0 and info["command"]
+    assert (tiny_run / "model.safetensors").is_file() and (tiny_run / "tokenizer.json").is_file()
+    assert not list(tiny_run.parent.glob(".*partial*"))
+    losses = [h["loss"] for h in info["log_history"] if "loss" in h]
+    assert len(losses) >= 5 and losses[-1] < 0.7 * losses[0]
+    assert load_file(tiny_run / "model.safetensors")
+
+
+def _recipe(tmp_path, **extra):
+    base = yaml.safe_load((ROOT / "recipes/testbed/base.yaml").read_text())
+    p = tmp_path / "recipe.yaml"
+    p.write_text(yaml.safe_dump({**base, **extra}))
+    return p
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "missing_data", "unknown_method", "unknown_split"])
+def test_bad_input_exits_2_with_one_line_and_no_run_dir(tmp_path, tiny_kg, case):
+    out = tmp_path / "run"
+    args = {"unknown_key": [_recipe(tmp_path, dataset_path=str(tiny_kg), bogus_key=1)],
+            "missing_data": [_recipe(tmp_path, dataset_path=str(tmp_path / "nowhere"))],
+            "unknown_method": [_recipe(tmp_path, dataset_path=str(tiny_kg), method="nope")],
+            "unknown_split": [_recipe(tmp_path, dataset_path=str(tiny_kg), dataset_train_split="nope")]}[case]
+    proc = posttrain("train", *args, "--output_dir", out)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("posttrain: error:"), proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_accelerate_launch_runs_the_same_command(tmp_path, tiny_kg):
+    out = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "recipes/accelerate/single.yaml"), "-m", "posttrain", "train", "testbed/base.yaml",
+           "--dataset_path", str(tiny_kg), "--output_dir", str(out), *TINY_MODEL, "--max_steps", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").is_file() and (out / "run.json").is_file()
+
+
+def test_lora_training_saves_only_an_adapter(tmp_path, tiny_run, tiny_kg):
+    out = tmp_path / "lora"
+    posttrain("train", "recipes/testbed/base.yaml", "--from_scratch", "false", "--model_name_or_path", tiny_run,
+              "--dataset_path", tiny_kg, "--output_dir", out, "--use_peft", "true", "--lora_r", "4",
+              "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "3", "--learning_rate", "1e-2",
+              check=True, cwd=ROOT)
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and set(cfg["target_modules"]) == {"q_proj", "v_proj"}
