@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from posttrain import modeling
 from posttrain.data_gen import kg
+from posttrain.recipe import parse
 from posttrain.trainers.sft import SFTConfig, SFTTrainer
 
 
@@ -87,13 +88,14 @@ def main():
     tok = modeling.build_word_tokenizer(t for s in dd.values() for c in ("prompt", "completion")
                                         if c in s.column_names for t in s[c])
     data = batches(tok, ds, a.batch)
+    s = parse("testbed/base.yaml").scratch  # the testbed model's shape
+    build = lambda seed: modeling.scratch_llama(tok, s.hidden_size, s.num_hidden_layers,  # noqa: E731
+                                                s.num_attention_heads, s.intermediate_size, seed=seed)
     plain, trainer = [], []
     for r in range(a.rounds):
-        model = modeling.scratch_llama(tok, seed=r)
-        plain += plain_steps(model, data, a.steps, 3e-3)[a.warmup:]
-        model = modeling.scratch_llama(tok, seed=r)
-        trainer += trainer_steps(model, tok, ds, a.steps, a.batch, 3e-3)[a.warmup:]
-    n_params = sum(p.numel() for p in model.parameters())
+        plain += plain_steps(build(r), data, a.steps, 3e-3)[a.warmup:]
+        trainer += trainer_steps(build(r), tok, ds, a.steps, a.batch, 3e-3)[a.warmup:]
+    n_params = sum(p.numel() for p in build(0).parameters())
     p, t = statistics.median(plain), statistics.median(trainer)
     print(f"model {n_params / 1e6:.2f}M params, batch {a.batch}, torch threads {torch.get_num_threads()}")
     print(f"plain loop   median step {p * 1000:.1f} ms over {len(plain)} steps")

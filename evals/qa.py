@@ -8,10 +8,11 @@ from datasets import DatasetDict
 from posttrain.evals import metrics
 
 COLUMNS = ("prompt", "completion")
+FREQUENT = 8  # "frequently seen": a fact voiced at least this many times in the pretraining corpus
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
-             frequent: int = 8) -> tuple[dict, list[dict]]:
+             frequent: int = FREQUENT) -> tuple[dict, list[dict]]:
     """Results per split (``n``, ``exact_match``, ``refusal_rate``, and where the split has an ``exposure`` column
     ``by_exposure`` and ``frequent_exact_match`` over facts with exposure >= ``frequent``) and one sample per
     question. All splits' prompts go to the engine in one call."""

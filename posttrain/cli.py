@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
+    import datasets
+
+    datasets.disable_progress_bars()
     if rest and args.command not in ("gen", "train"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
