@@ -10,7 +10,8 @@ errors, so a model of the pooled data can denoise them). Realism rules (DESIGN.m
   capped at ``max_exposure``, so some facts are seen once and some dozens of times;
 * the language later methods need is in-distribution: experts decline facts outside their own coverage
   ("I do not know about P17 ."), but only facts that another expert covers — held-out facts never appear in any
-  form; some answers carry the R-Tuning certainty phrase; long-form answers repeat the question's entity.
+  form; some answers carry the R-Tuning certainty phrase, "I am sure ." or "I am unsure ." at random (the words
+  are in-distribution, the choice carries no signal); long-form answers repeat the question's entity.
 
 Splits: ``corpus`` (the pretraining text), ``seen``, ``unseen``, ``forget`` (seen facts of chosen persons),
 ``boundary`` (seen facts of their graph neighbours), ``retain`` (seen minus forget and boundary) and
@@ -161,13 +162,13 @@ def _hold_out(cfg: Config, rng, facts) -> np.ndarray:
     held = np.flatnonzero(status == 1)
     status[rng.choice(held, size=min(cfg.n_mundane, len(held) // 2), replace=False)] = 2
     # every entity must stay in the corpus: re-admit one held-out fact of any entity left without a seen fact
-    for _ in range(len(facts)):
+    while True:
         present = {x for f, st in zip(facts, status) if st == 0 for x in (f["entity"], f["answer"])}
-        missing = [i for i, f in enumerate(facts) if status[i] and (f["entity"] not in present or f["answer"] not in present)]
-        if not missing:
-            break
-        status[missing[0]] = 0
-    return status
+        missing = next((i for i, f in enumerate(facts)
+                        if status[i] and not {f["entity"], f["answer"]} <= present), None)
+        if missing is None:
+            return status
+        status[missing] = 0
 
 
 def _coverage(cfg: Config, rng, ents) -> dict[str, list[int]]:
@@ -222,11 +223,11 @@ def _corpus(cfg, rng, facts, seen, exposure, cover, ents) -> list[dict]:
     return [rows[j] for j in rng.permutation(len(rows))]
 
 
-def _rows(cfg, rng, facts, ids, exposure, cover, split) -> list[dict]:
+def _rows(questions, facts, ids, exposure, cover, split) -> list[dict]:
     rows = []
     for i in ids:
         f = facts[i]
-        prompt, completion, t = _qa_text(rng, cfg, f, f["answer"])
+        prompt, completion, t = questions[i]
         rows.append({**f, "prompt": prompt, "completion": completion, "template": t, "split": split,
                      "exposure": int(exposure[i]), "known": bool(exposure[i] > 0),
                      "experts": list(cover[f["entity"]])})
@@ -244,11 +245,10 @@ def _forget_boundary(cfg, rng, facts, seen) -> tuple[list[int], list[int]]:
                   and (f["entity"] in objects or (f["entity_type"] == "person" and f["answer"] in objects))}
     candidates = [i for i in seen if facts[i]["entity"] in neighbours]
     # the forget persons' own objects (their employer, birth city, ...) are the nearest neighbours: they come first
-    cap = int(round(cfg.boundary_ratio * len(forget)))
     direct = [i for i in candidates if facts[i]["entity"] in objects]
     others = [i for i in candidates if facts[i]["entity"] not in objects]
-    boundary = direct[:cap] + [others[j] for j in rng.permutation(len(others))[: max(0, cap - len(direct))]]
-    return forget, sorted(boundary)
+    ranked = list(rng.permutation(direct)) + list(rng.permutation(others))
+    return forget, sorted(int(i) for i in ranked[: int(round(cfg.boundary_ratio * len(forget)))])
 
 
 def _fabricated(cfg, rng, facts, status, exposure, cover, ents) -> list[dict]:
@@ -290,13 +290,15 @@ def generate(cfg: Config) -> DatasetDict:
     forget, boundary = _forget_boundary(cfg, rng, facts, seen)
     retain = sorted(set(seen) - set(forget) - set(boundary))
     unseen = [i for i in range(len(facts)) if status[i] == 1]
+    # one evaluation question per fact, the same in every split that holds the fact
+    questions = [_qa_text(rng, cfg, f, f["answer"]) for f in facts]
     splits = {
         "corpus": corpus,
-        "seen": _rows(cfg, rng, facts, seen, exposure, cover, "seen"),
-        "unseen": _rows(cfg, rng, facts, unseen, exposure, cover, "unseen"),
-        "forget": _rows(cfg, rng, facts, forget, exposure, cover, "forget"),
-        "boundary": _rows(cfg, rng, facts, boundary, exposure, cover, "boundary"),
-        "retain": _rows(cfg, rng, facts, retain, exposure, cover, "retain"),
+        "seen": _rows(questions, facts, seen, exposure, cover, "seen"),
+        "unseen": _rows(questions, facts, unseen, exposure, cover, "unseen"),
+        "forget": _rows(questions, facts, forget, exposure, cover, "forget"),
+        "boundary": _rows(questions, facts, boundary, exposure, cover, "boundary"),
+        "retain": _rows(questions, facts, retain, exposure, cover, "retain"),
         "fabricated": _fabricated(cfg, rng, facts, status, exposure, cover, ents),
     }
     return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})
