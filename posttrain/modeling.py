@@ -36,9 +36,9 @@ def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
 
 def scratch_llama(
     tokenizer,
-    hidden_size: int = 256,
-    num_hidden_layers: int = 4,
-    num_attention_heads: int = 4,
+    hidden_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
     intermediate_size: int = 512,
     max_position_embeddings: int = 128,
     seed: int = 0,

@@ -31,9 +31,9 @@ class ScratchArguments:
     """The testbed's from-scratch model: a word-level tokenizer over the dataset and a tiny Llama."""
 
     from_scratch: bool = field(default=False, metadata={"help": "Build tokenizer and model instead of loading."})
-    hidden_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
     intermediate_size: int = 512
     max_position_embeddings: int = 128
 
