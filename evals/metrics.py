@@ -52,3 +52,139 @@ def accuracy_by_bucket(values: Sequence[int], correct: Sequence[bool],
         if m.any():
             out[bucket_label(lo, hi)] = {"n": int(m.sum()), "accuracy": float(c[m].mean())}
     return out
+
+
+# --- hallucination -------------------------------------------------------------------------------------------------
+
+def hallucination_rates(correct: Sequence[bool], refused: Sequence[bool], known: Sequence[bool]) -> dict[str, float]:
+    """Over N questions:
+    accuracy = mean(correct); refusal_rate = mean(refused);
+    hallucination_rate = mean(not refused and not correct)   (answered, and wrong);
+    laziness = mean(refused | known)                           (refused although the fact is known to the model)."""
+    c, r, k = (np.asarray(x, dtype=bool) for x in (correct, refused, known))
+    return {"accuracy": mean(c), "refusal_rate": mean(r), "hallucination_rate": mean(~r & ~c),
+            "laziness": mean(r[k]) if k.any() else float("nan")}
+
+
+def average_precision(correct: Sequence[bool], confidence: Sequence[float]) -> float:
+    """AP of correctness ranked by confidence (descending): sum_n (R_n - R_{n-1}) * P_n, with precision P_n and
+    recall R_n at the n-th threshold (``sklearn.metrics.average_precision_score``). NaN without a correct item."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(correct, dtype=int)
+    return float(average_precision_score(y, np.asarray(confidence, dtype=float))) if y.any() else float("nan")
+
+
+def reliability_bins(correct: Sequence[bool], confidence: Sequence[float], n_bins: int = 10) -> list[dict]:
+    """Equal-width confidence bins B_b = [b/n, (b+1)/n) (the last one closed): n, accuracy and mean confidence of
+    the items in each non-empty bin — the points of a reliability diagram."""
+    c, p = np.asarray(correct, dtype=float), np.asarray(confidence, dtype=float)
+    idx = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    return [{"lo": b / n_bins, "hi": (b + 1) / n_bins, "n": int((idx == b).sum()),
+             "accuracy": float(c[idx == b].mean()), "confidence": float(p[idx == b].mean())}
+            for b in range(n_bins) if (idx == b).any()]
+
+
+def expected_calibration_error(correct: Sequence[bool], confidence: Sequence[float], n_bins: int = 10) -> float:
+    """ECE = sum_b |B_b|/N * |accuracy(B_b) - mean confidence(B_b)| over equal-width bins."""
+    n = len(correct)
+    return float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"])
+                     for b in reliability_bins(correct, confidence, n_bins))) if n else float("nan")
+
+
+def geometric_mean_prob(token_logprobs: Sequence[float]) -> float:
+    """(prod_t p_t)^(1/T) = exp(mean_t log p_t): R-Tuning's answer confidence from the generated tokens'
+    (maximum) probabilities."""
+    return float(np.exp(np.mean(token_logprobs))) if len(token_logprobs) else float("nan")
+
+
+def sure_probability(logp_sure: float, logp_unsure: float) -> float:
+    """p(sure) / (p(sure) + p(unsure)) from the two next-token log-probabilities after "... I am"."""
+    return float(1.0 / (1.0 + np.exp(logp_unsure - logp_sure)))
+
+
+# --- forgetting ----------------------------------------------------------------------------------------------------
+
+def rouge_l_recall(prediction: str, target: str) -> float:
+    """ROUGE-L recall = LCS(prediction, target) / |target| in tokens (``rouge-score``, stemming on), as
+    open-unlearning reports it."""
+    from rouge_score import rouge_scorer
+
+    return float(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(target, prediction)["rougeL"].recall)
+
+
+def truth_ratio(paraphrased_nll: float, perturbed_nll: Sequence[float]) -> float:
+    """TR = exp(-mean_j nll(perturbed_j)) / exp(-nll(paraphrased)), nll = mean token NLL of an answer: the geometric
+    mean of the perturbed answers' normalised probabilities over the paraphrased answer's (open-unlearning)."""
+    return float(np.exp(paraphrased_nll - np.mean(perturbed_nll)))
+
+
+def truth_ratio_closer_to_1(ratios: Sequence[float]) -> float:
+    """Forget-set aggregate: mean_i min(TR_i, 1/TR_i)."""
+    r = np.asarray(ratios, dtype=float)
+    return mean(np.minimum(r, 1.0 / r))
+
+
+def truth_ratio_true_better(ratios: Sequence[float]) -> float:
+    """Retain-set aggregate: mean_i max(0, 1 - TR_i)."""
+    return mean(np.maximum(0.0, 1.0 - np.asarray(ratios, dtype=float)))
+
+
+def forget_quality(ratios: Sequence[float], reference_ratios: Sequence[float]) -> float:
+    """p-value of the two-sample Kolmogorov-Smirnov test between the candidate's forget-set truth ratios and those
+    of a reference model never trained on the forget set (``scipy.stats.ks_2samp``); high = indistinguishable."""
+    from scipy.stats import ks_2samp
+
+    return float(ks_2samp(ratios, reference_ratios).pvalue)
+
+
+def min_k_prob_score(token_logprobs: Sequence[float], k: float = 0.4) -> float:
+    """Min-k% prob membership score: -mean of the lowest max(1, floor(k*T)) token log-probs (higher = less likely a
+    training member)."""
+    lp = np.sort(np.asarray(token_logprobs, dtype=float))
+    return float(-lp[: max(1, int(k * len(lp)))].mean())
+
+
+def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
+    """ROC AUC of telling non-members (label 1) from members (label 0) by the score:
+    P(score(non-member) > score(member)); 0.5 = no membership signal."""
+    from sklearn.metrics import roc_auc_score
+
+    y = [0] * len(member_scores) + [1] * len(nonmember_scores)
+    return float(roc_auc_score(y, list(member_scores) + list(nonmember_scores)))
+
+
+# --- flips ---------------------------------------------------------------------------------------------------------
+
+def flip_rates(ref_correct: Sequence[bool], cand_correct: Sequence[bool], ref_answers: Sequence[str],
+               cand_answers: Sequence[str]) -> dict[str, float]:
+    """Against a reference (old) model on the same N items:
+    negative_flip_rate = (1/N) sum 1[ref right and candidate wrong];
+    positive_flip_rate = (1/N) sum 1[ref wrong and candidate right];
+    inconsistency_flip_rate = (1/N) sum 1[candidate wrong and candidate answer != reference answer];
+    agreement = (1/N) sum 1[candidate answer == reference answer] (answers compared after normalize)."""
+    rc, cc = np.asarray(ref_correct, dtype=bool), np.asarray(cand_correct, dtype=bool)
+    same = np.array([normalize(a) == normalize(b) for a, b in zip(ref_answers, cand_answers)], dtype=bool)
+    return {"negative_flip_rate": mean(rc & ~cc), "positive_flip_rate": mean(~rc & cc),
+            "inconsistency_flip_rate": mean(~cc & ~same), "agreement": mean(same)}
+
+
+def similarity_flips(ref_similarity: Sequence[float], cand_similarity: Sequence[float]) -> dict[str, float]:
+    """Flips of generated text scored by a similarity S to the target, D_i = S(candidate_i) - S(reference_i):
+    positive_flip_rate = (1/N) sum 1[D_i > 0]; negative_flip_rate = (1/N) sum 1[D_i < 0];
+    mean_gain = mean of D_i over D_i > 0; mean_regression = mean of |D_i| over D_i < 0 (NaN when none)."""
+    d = np.asarray(cand_similarity, dtype=float) - np.asarray(ref_similarity, dtype=float)
+    return {"positive_flip_rate": mean(d > 0), "negative_flip_rate": mean(d < 0),
+            "mean_gain": mean(d[d > 0]), "mean_regression": mean(-d[d < 0])}
+
+
+# --- reasoning -----------------------------------------------------------------------------------------------------
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, the Codex paper):
+    1 - C(n-c, k) / C(n, k), computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i) for numerical stability."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))

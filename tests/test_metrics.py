@@ -1,0 +1,91 @@
+"""Metrics against hand-made cases and independent references."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from posttrain.evals import metrics as m
+
+
+def test_average_precision_by_hand_and_by_the_precision_at_each_hit():
+    assert m.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    rng = np.random.default_rng(0)
+    y, s = rng.random(200) < 0.4, rng.random(200)  # continuous scores: no ties
+    order = np.argsort(-s)
+    hits = np.cumsum(y[order])
+    by_hand = np.sum((hits / np.arange(1, 201))[y[order]]) / y.sum()
+    assert m.average_precision(y, s) == pytest.approx(by_hand)
+    assert math.isnan(m.average_precision([0, 0], [0.1, 0.2]))
+
+
+def test_ece_and_reliability_bins_on_a_hand_case():
+    correct, conf = [0, 1, 1, 1], [0.15, 0.25, 0.85, 0.95]
+    assert m.expected_calibration_error(correct, conf) == pytest.approx((0.15 + 0.75 + 0.15 + 0.05) / 4)
+    bins = m.reliability_bins(correct, conf)
+    assert [(b["lo"], b["n"], b["accuracy"]) for b in bins] == [(0.1, 1, 0.0), (0.2, 1, 1.0), (0.8, 1, 1.0),
+                                                                (0.9, 1, 1.0)]
+    assert m.expected_calibration_error([1, 1], [1.0, 1.0]) == 0.0  # confidence 1.0 falls in the last bin
+
+
+def test_pass_at_k_matches_the_formula_and_brute_force():
+    for n, c in [(5, 0), (5, 2), (6, 3), (4, 4), (10, 1)]:
+        samples = [True] * c + [False] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(range(n), k))
+            brute = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+            formula = 1 - math.comb(n - c, k) / math.comb(n, k)
+            assert m.pass_at_k(n, c, k) == pytest.approx(brute) == pytest.approx(formula)
+    assert m.pass_at_k(200, 13, 1) == pytest.approx(13 / 200)
+    with pytest.raises(ValueError):
+        m.pass_at_k(3, 4, 1)
+
+
+def test_rouge_l_recall_is_lcs_over_target_length():
+    assert m.rouge_l_recall("the cat on mat", "the cat sat on the mat") == pytest.approx(4 / 6)
+    assert m.rouge_l_recall("P3 was born in C2", "C2") == 1.0
+    assert m.rouge_l_recall("I do not know", "C2") == 0.0
+
+
+def test_truth_ratio_and_its_aggregates():
+    tr = m.truth_ratio(1.0, [2.0, 3.0])
+    pbar = lambda nll: math.exp(-nll)  # noqa: E731
+    assert tr == pytest.approx(math.sqrt(pbar(2.0) * pbar(3.0)) / pbar(1.0))
+    assert m.truth_ratio_closer_to_1([0.5, 2.0]) == pytest.approx(0.5)
+    assert m.truth_ratio_true_better([0.5, 2.0]) == pytest.approx(0.25)
+
+
+def test_forget_quality_is_the_ks_p_value():
+    assert m.forget_quality([0.1, 0.2, 0.3], [0.1, 0.2, 0.3]) == pytest.approx(1.0)
+    # fully separated samples of 5 and 5: exact two-sided p = 2 / C(10, 5)
+    assert m.forget_quality([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / math.comb(10, 5))
+
+
+def test_min_k_prob_and_mia_auc():
+    assert m.min_k_prob_score([-1, -2, -3, -4, -5], k=0.4) == pytest.approx(4.5)
+    assert m.min_k_prob_score([-1.0], k=0.4) == pytest.approx(1.0)
+    assert m.mia_auc([1, 2], [3, 4]) == 1.0 and m.mia_auc([3, 4], [1, 2]) == 0.0
+    assert m.mia_auc([1, 3], [2, 2]) == pytest.approx(0.5)
+
+
+def test_flip_rates_on_a_hand_case():
+    ref_ok, cand_ok = [1, 1, 0, 0, 1], [1, 0, 1, 0, 0]
+    ref, cand = ["a", "b", "x", "y", "c"], ["a", "z", "c", "w", "c "]
+    out = m.flip_rates(ref_ok, cand_ok, ref, cand)
+    # item 1 and 4 are negative flips; item 4 repeats the reference answer, so it is no inconsistency flip
+    assert out == {"negative_flip_rate": 0.4, "positive_flip_rate": 0.2, "inconsistency_flip_rate": 0.4,
+                   "agreement": 0.4}
+
+
+def test_similarity_flips_on_a_hand_case():
+    out = m.similarity_flips([0.5, 0.5, 0.5, 0.5], [0.9, 0.3, 0.5, 0.4])
+    assert out["positive_flip_rate"] == 0.25 and out["negative_flip_rate"] == 0.5
+    assert out["mean_gain"] == pytest.approx(0.4) and out["mean_regression"] == pytest.approx(0.15)
+
+
+def test_hallucination_rates_and_confidences():
+    out = m.hallucination_rates(correct=[1, 0, 0, 0], refused=[0, 0, 1, 1], known=[1, 1, 1, 0])
+    assert out == {"accuracy": 0.25, "refusal_rate": 0.5, "hallucination_rate": 0.25, "laziness": pytest.approx(1 / 3)}
+    assert m.sure_probability(math.log(0.3), math.log(0.1)) == pytest.approx(0.75)
+    assert m.geometric_mean_prob([math.log(0.5), math.log(0.125)]) == pytest.approx(0.25)
