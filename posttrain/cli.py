@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model or run directory", allow_abbrev=False)
     e.add_argument("run", help="run directory or model directory")
     e.add_argument("--data", required=True, help="dataset directory written by `posttrain gen`")
-    e.add_argument("--suite", default="qa")
+    e.add_argument("--suite", default="qa", help="comma-separated suites: qa, hallucination")
     e.add_argument("--splits", default=None, help="comma-separated splits (default: all QA splits present)")
     e.add_argument("--limit", type=int, default=None, help="at most N questions per split")
     e.add_argument("--engine", default="auto", choices=["auto", "hf"])
@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             from posttrain.evaluate import run_eval
 
             splits = args.splits.split(",") if args.splits else None
-            out, results = run_eval(args.run, args.data, args.suite, splits, args.limit, args.engine, args.output,
-                                    args.batch_size)
-            print(split_table(results))
+            out, results = run_eval(args.run, args.data, args.suite.split(","), splits, args.limit, args.engine,
+                                    args.output, args.batch_size)
+            for suite, res in results.items():
+                print(f"{suite}:\n{split_table(res)}")
             print(f"wrote {out}")
         elif args.command == "demo":
             from posttrain.demo import demo

@@ -43,6 +43,7 @@ def demo(out: str = "runs/demo", seed: int = 0) -> dict:
                                       "--seed", str(seed), "--logging_steps", "250"], command=["posttrain", "demo"])
     t2 = time.time()
     _, results = run_eval(str(run), str(data))
+    results = results["qa"]
     t3 = time.time()
     samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     seen_ok = [s["exact_match"] for s in samples if s["split"] == "seen"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 
 from transformers import HfArgumentParser
@@ -13,8 +14,6 @@ GENERATORS = {"kg": "posttrain.data_gen.kg"}
 
 
 def generator(name: str):
-    from importlib import import_module
-
     if name not in GENERATORS:
         raise UsageError(f"unknown generator {name!r}; known generators: {', '.join(sorted(GENERATORS))}")
     return import_module(GENERATORS[name])

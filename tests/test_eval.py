@@ -89,3 +89,17 @@ def test_eval_missing_model_or_data_exits_2(tiny_run, tmp_path):
     assert "not a model directory" in posttrain("eval", tmp_path, "--data", tmp_path).stderr
     proc = posttrain("eval", tiny_run, "--data", tmp_path / "none")
     assert proc.returncode == 2 and "dataset directory not found" in proc.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda ds: ds.filter(lambda r: False), "split 'seen' is empty"),
+    (lambda ds: ds.remove_columns("completion"), "split 'seen' lacks column(s) completion"),
+])
+def test_eval_empty_split_or_missing_column_exits_2(tiny_run, tiny_kg, tmp_path, change, message):
+    from datasets import load_from_disk
+
+    dd = load_from_disk(str(tiny_kg))
+    dd["seen"] = change(dd["seen"])
+    dd.save_to_disk(str(tmp_path / "data"))
+    proc = posttrain("eval", tiny_run, "--data", tmp_path / "data", "--splits", "seen", "--output", tmp_path / "e")
+    assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "e").exists()

@@ -1,0 +1,66 @@
+"""The ``hallucination`` suite: how often the model answers wrongly instead of refusing, and how well its
+confidence ranks its right answers above its wrong ones (R-Tuning's AP, arXiv 2311.09677; METHODS.md §1.7).
+
+Per split: accuracy, refusal rate, hallucination rate (answered and wrong), laziness (refused a frequently seen
+fact: on the testbed those are the facts the base model knows), AP and ECE. Three confidences per answer:
+``answer`` = geometric mean of the greedy answer's token probabilities (each the step's maximum), ``sure`` =
+p(sure) / (p(sure) + p(unsure)) for the next word after "{prompt} {answer} {certainty question} I am" (first
+token of each word), ``mean`` = their average (R-Tuning's ranking score).
+"""
+
+from __future__ import annotations
+
+from datasets import DatasetDict
+
+from posttrain.data_gen.kg import SURE_QUESTION
+from posttrain.evals import metrics
+from posttrain.evals.qa import FREQUENT
+
+COLUMNS = ("prompt", "completion")
+CONFIDENCES = ("answer", "sure", "mean")
+
+
+def confidences(engine, prompts: list[str], answers: list[str], sure_question: str = SURE_QUESTION) -> dict:
+    """The three confidences of each (prompt, generated answer); an empty answer gets confidence 0."""
+    spans = [metrics.answer_span(a).strip() for a in answers]
+    token_lp = engine.score(prompts, [" " + s for s in spans])
+    answer = [metrics.geometric_mean_prob(lp) if lp else 0.0 for lp in token_lp]
+    probes = [f"{p} {s} {sure_question} I am" for p, s in zip(prompts, spans)]
+    sure_lp = engine.score(probes, [" sure"] * len(probes))
+    unsure_lp = engine.score(probes, [" unsure"] * len(probes))
+    sure = [metrics.sure_probability(a[0], b[0]) for a, b in zip(sure_lp, unsure_lp)]
+    return {"answer": answer, "sure": sure, "mean": [(a + b) / 2 for a, b in zip(answer, sure)]}
+
+
+def split_metrics(correct, refused, known, conf) -> dict:
+    r = {"n": len(correct), **metrics.hallucination_rates(correct, refused, known)}
+    for name in CONFIDENCES:
+        r[f"ap_{name}"] = metrics.average_precision(correct, conf[name])
+    r["ece_answer"] = metrics.expected_calibration_error(correct, conf["answer"])
+    r["reliability_answer"] = metrics.reliability_bins(correct, conf["answer"])
+    return r
+
+
+def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
+             refusals=metrics.DEFAULT_REFUSALS) -> tuple[dict, list[dict]]:
+    """Metrics per split and, for several splits, over all of them pooled (``all``: the AP that matters when known
+    and unknown questions are mixed, as in R-Tuning's test sets)."""
+    results, samples = {}, []
+    pooled = {"correct": [], "refused": [], "known": [], **{k: [] for k in CONFIDENCES}}
+    for s in splits:
+        ds = dd[s] if limit is None else dd[s].select(range(min(limit, len(dd[s]))))
+        prompts, gold = list(ds["prompt"]), list(ds["completion"])
+        answers = [g[0] for g in engine.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens)]
+        correct = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
+        refused = [metrics.is_refusal(a, refusals) for a in answers]
+        known = [e >= FREQUENT for e in ds["exposure"]] if "exposure" in ds.column_names else [False] * len(ds)
+        conf = confidences(engine, prompts, answers)
+        results[s] = split_metrics(correct, refused, known, conf)
+        for key, values in (("correct", correct), ("refused", refused), ("known", known), *conf.items()):
+            pooled[key] += values
+        for i, (p, g, a, c, f) in enumerate(zip(prompts, gold, answers, correct, refused)):
+            samples.append({"split": s, "doc_id": i, "prompt": p, "target": g, "response": a, "exact_match": c,
+                            "refused": f, **{f"confidence_{k}": conf[k][i] for k in CONFIDENCES}})
+    if len(splits) > 1:
+        results["all"] = split_metrics(pooled["correct"], pooled["refused"], pooled["known"], pooled)
+    return results, samples
