@@ -14,7 +14,7 @@ from datasets import DatasetDict
 
 from posttrain.data_gen.kg import SURE_QUESTION
 from posttrain.evals import metrics
-from posttrain.evals.qa import FREQUENT
+from posttrain.evals.qa import FREQUENT, greedy_answers
 
 COLUMNS = ("prompt", "completion")
 CONFIDENCES = ("answer", "sure", "mean")
@@ -47,10 +47,8 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
     and unknown questions are mixed, as in R-Tuning's test sets)."""
     results, samples = {}, []
     pooled = {"correct": [], "refused": [], "known": [], **{k: [] for k in CONFIDENCES}}
-    for s in splits:
-        ds = dd[s] if limit is None else dd[s].select(range(min(limit, len(dd[s]))))
+    for s, (ds, answers) in greedy_answers(engine, dd, splits, limit, max_tokens).items():
         prompts, gold = list(ds["prompt"]), list(ds["completion"])
-        answers = [g[0] for g in engine.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens)]
         correct = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
         refused = [metrics.is_refusal(a, refusals) for a in answers]
         known = [e >= FREQUENT for e in ds["exposure"]] if "exposure" in ds.column_names else [False] * len(ds)

@@ -44,8 +44,7 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     for suite in suites:
         results[suite], samples[suite] = SUITES[suite].evaluate(eng, dd, splits, limit=limit)
     config = {"model": model, "data": data, "suites": list(suites), "splits": splits, "limit": limit,
-              "engine": eng.name,
-              "command": sys.argv, "wall_time_s": round(time.time() - start, 3)}
+              "engine": eng.name, "command": sys.argv, "wall_time_s": round(time.time() - start, 3)}
     with atomic_dir(out) as tmp:
         report.write(tmp, results, samples, config)
     return out, results
