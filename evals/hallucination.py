@@ -42,7 +42,7 @@ def split_metrics(correct, refused, known, conf) -> dict:
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
-             refusals=metrics.DEFAULT_REFUSALS) -> tuple[dict, list[dict]]:
+             refusals=metrics.DEFAULT_REFUSALS, **_) -> tuple[dict, list[dict]]:
     """Metrics per split and, for several splits, over all of them pooled (``all``: the AP that matters when known
     and unknown questions are mixed, as in R-Tuning's test sets)."""
     results, samples = {}, []

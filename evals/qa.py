@@ -11,24 +11,29 @@ COLUMNS = ("prompt", "completion")
 FREQUENT = 8  # "frequently seen": a fact voiced at least this many times in the pretraining corpus
 
 
+def first_rows(dd: DatasetDict, splits: list[str], limit: int | None = None) -> dict:
+    """Split -> its first ``limit`` rows (all rows without a limit)."""
+    return {s: dd[s] if limit is None else dd[s].select(range(min(limit, len(dd[s])))) for s in splits}
+
+
 def greedy_answers(engine, dd: DatasetDict, splits: list[str], limit: int | None = None,
                    max_tokens: int = 24) -> dict:
     """Split -> (its first ``limit`` rows, the greedy answer to each); all splits' prompts in one engine call."""
-    rows = {s: dd[s] if limit is None else dd[s].select(range(min(limit, len(dd[s])))) for s in splits}
+    rows = first_rows(dd, splits, limit)
     prompts = [p for s in splits for p in rows[s]["prompt"]]
     answers = iter(engine.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens))
     return {s: (rows[s], [next(answers)[0] for _ in range(len(rows[s]))]) for s in splits}
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
-             frequent: int = FREQUENT) -> tuple[dict, list[dict]]:
+             frequent: int = FREQUENT, refusals=metrics.DEFAULT_REFUSALS, **_) -> tuple[dict, list[dict]]:
     """Results per split (``n``, ``exact_match``, ``refusal_rate``, and where the split has an ``exposure`` column
     ``by_exposure`` and ``frequent_exact_match`` over facts with exposure >= ``frequent``) and one sample per
     question. All splits' prompts go to the engine in one call."""
     results, samples = {}, []
     for s, (ds, preds) in greedy_answers(engine, dd, splits, limit, max_tokens).items():
         correct = [metrics.exact_match(p, g) for p, g in zip(preds, ds["completion"])]
-        refused = [metrics.is_refusal(p) for p in preds]
+        refused = [metrics.is_refusal(p, refusals) for p in preds]
         r = {"n": len(ds), "exact_match": metrics.mean(correct), "refusal_rate": metrics.mean(refused)}
         if "exposure" in ds.column_names:
             exp = ds["exposure"]

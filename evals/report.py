@@ -7,7 +7,19 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from posttrain.runs import git_hash, package_versions, write_json
+from posttrain.errors import UsageError
+from posttrain.runs import atomic_dir, git_hash, package_versions, write_json
+
+# the few metrics per suite that fit one screen; the full set is in results.json and report.md
+SUMMARY = {
+    "qa": ("n", "exact_match", "refusal_rate"),
+    "hallucination": ("n", "accuracy", "refusal_rate", "hallucination_rate", "laziness", "ap_answer", "ap_sure",
+                      "ece_answer"),
+    "forgetting": ("n", "exact_match", "refusal_rate", "rouge_l_recall", "truth_ratio", "forget_quality", "mia_auc"),
+    "flips": ("n", "candidate_exact_match", "reference_exact_match", "negative_flip_rate", "positive_flip_rate",
+              "nf_same_type", "nf_graph_distance"),
+    "reasoning": ("n", "mean_correct", "pass@1", "pass@4", "pass@8", "pass@16"),
+}
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -28,33 +40,77 @@ def exposure_table(by_exposure: dict) -> str:
     return table(["exposure", "n", "exact_match"], [[b, v["n"], v["accuracy"]] for b, v in by_exposure.items()])
 
 
-def reliability_diagram(path: Path, bins_by_split: dict[str, list[dict]]) -> None:
-    """Accuracy against mean confidence per confidence bin, one line per split, with the diagonal."""
+def summary(results: dict[str, dict]) -> str:
+    """One compact table per suite: a row per split, the suite's ``SUMMARY`` metrics that it reported."""
+    parts = []
+    for suite, res in results.items():
+        keys = [k for k in SUMMARY.get(suite, ()) if any(k in r for r in res.values())]
+        parts.append(f"{suite}:\n" + table(["split", *keys], [[s, *(r.get(k, "") for k in keys)]
+                                                                for s, r in res.items()]))
+    return "\n\n".join(parts)
+
+
+def _plot(path: Path, draw, **axes) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="calibrated")
-    for split, bins in bins_by_split.items():
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=split)
-    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="reliability")
-    ax.legend(loc="upper left", fontsize=8)
+    draw(ax)
+    ax.set(**axes)
+    ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def reliability_diagram(path: Path, bins_by_line: dict[str, list[dict]]) -> None:
+    """Accuracy against mean confidence per confidence bin, one line per split (or run), with the diagonal."""
+    def draw(ax):
+        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="calibrated")
+        for name, bins in bins_by_line.items():
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=name)
+
+    _plot(path, draw, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="reliability")
+
+
+def pass_at_k_curve(path: Path, curves: dict[str, dict[int, float]]) -> None:
+    """pass@k against k (log scale), one line per split (or run)."""
+    def draw(ax):
+        for name, curve in curves.items():
+            ax.plot(list(curve), list(curve.values()), marker=".", label=name)
+        ax.set_xscale("log", base=2)
+
+    _plot(path, draw, xlabel="k (samples)", ylabel="pass@k", ylim=(0, 1), title="pass@k")
+
+
+def forget_retain_scatter(path: Path, points: dict[str, tuple[float, float]], metric: str) -> None:
+    """Forget-set against retain-set ``metric``, one point per run: lower right is better (forgot, kept the rest)."""
+    def draw(ax):
+        for name, (retain, forget) in points.items():
+            ax.scatter([retain], [forget], label=name)
+
+    _plot(path, draw, xlabel=f"retain {metric}", ylabel=f"forget {metric}", xlim=(0, 1), ylim=(0, 1),
+          title="forget vs retain")
+
+
+def pass_at_k(result: dict) -> dict[int, float]:
+    return {int(k.split("@")[1]): v for k, v in result.items() if k.startswith("pass@")}
+
+
 def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], config: dict) -> None:
     """Write results, samples, report and plots of every suite into ``out`` (a directory that exists)."""
+    sampled = {"n": config.get("n"), "temperature": config.get("temperature")}
     doc = {
         "results": {f"{suite}/{split}": r for suite, res in results.items() for split, r in res.items()},
-        "configs": {suite: {"splits": list(res), "generation": {"temperature": 0.0, "n": 1}}
-                    for suite, res in results.items()},
+        "configs": {suite: {"splits": list(res), "generation": sampled if suite == "reasoning" else
+                            {"temperature": 0.0, "n": 1}} for suite, res in results.items()},
         "versions": {suite: 1 for suite in results},
         "n-samples": {f"{suite}/{split}": r["n"] for suite, res in results.items() for split, r in res.items()},
         "config": config,
+        "engine": config.get("engine"),
+        "seeds": {"seed": config.get("seed")},
         "git_hash": git_hash(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_versions": package_versions(),
@@ -75,4 +131,52 @@ def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], c
         if bins:
             reliability_diagram(out / f"{suite}_reliability.png", bins)
             parts += ["", f"![reliability]({suite}_reliability.png)"]
+        curves = {split: pass_at_k(r) for split, r in res.items() if pass_at_k(r)}
+        if curves:
+            pass_at_k_curve(out / f"{suite}_pass_at_k.png", curves)
+            parts += ["", f"![pass@k]({suite}_pass_at_k.png)"]
     (out / "report.md").write_text("\n".join(parts) + "\n")
+
+
+def _load(run: str) -> dict:
+    p = Path(run)
+    for f in (p / "results.json", p / "eval" / "results.json", p):
+        if f.is_file():
+            return json.loads(f.read_text())
+    raise UsageError(f"no eval results (results.json) in {run}")
+
+
+def compare(runs: list[str], output: str) -> str:
+    """``posttrain report``: several eval outputs side by side — one table per suite (a row per run and split, the
+    suite's summary metrics) and overlaid plots (forget vs retain, pass@k, reliability). Returns the tables."""
+    docs = {run: _load(run) for run in runs}
+    by_suite: dict[str, dict[str, dict]] = {}
+    for run, doc in docs.items():
+        for key, r in doc["results"].items():
+            suite, split = key.split("/", 1)
+            by_suite.setdefault(suite, {}).setdefault(run, {})[split] = r
+    parts = []
+    for suite, per_run in by_suite.items():
+        keys = [k for k in SUMMARY.get(suite, ("n",)) if any(k in r for res in per_run.values() for r in res.values())]
+        rows = [[run, split, *(r.get(k, "") for k in keys)] for run, res in per_run.items() for split, r in res.items()]
+        parts.append(f"## {suite}\n\n" + table(["run", "split", *keys], rows))
+    with atomic_dir(output) as tmp:
+        forgetting = {run: (res["retain"]["exact_match"], res["forget"]["exact_match"])
+                      for run, res in by_suite.get("forgetting", {}).items() if {"forget", "retain"} <= set(res)}
+        if forgetting:
+            forget_retain_scatter(tmp / "forget_vs_retain.png", forgetting, "exact match")
+            parts.append("![forget vs retain](forget_vs_retain.png)")
+        curves = {f"{run} {split}": pass_at_k(r) for run, res in by_suite.get("reasoning", {}).items()
+                  for split, r in res.items() if pass_at_k(r)}
+        if curves:
+            pass_at_k_curve(tmp / "pass_at_k.png", curves)
+            parts.append("![pass@k](pass_at_k.png)")
+        bins = {run: (res.get("all") or next(iter(res.values())))["reliability_answer"]
+                for run, res in by_suite.get("hallucination", {}).items()}
+        if bins:
+            reliability_diagram(tmp / "reliability.png", bins)
+            parts.append("![reliability](reliability.png)")
+        text = "# eval comparison\n\n" + "\n\n".join(parts) + "\n"
+        (tmp / "report.md").write_text(text)
+        write_json(tmp / "runs.json", {"runs": list(runs)})
+    return text

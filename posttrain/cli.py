@@ -1,4 +1,4 @@
-"""The ``posttrain`` command: gen, train, eval, demo."""
+"""The ``posttrain`` command: gen, train, eval, report, demo."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import sys
 from posttrain.errors import UsageError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line (``posttrain: error: ...``) and exit 2; ``-h`` still shows the usage."""
+
+    def error(self, message):
+        self.exit(2, f"posttrain: error: {message} (see {self.prog} -h)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posttrain", description=__doc__, allow_abbrev=False)
+    p = _Parser(prog="posttrain", description=__doc__, allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gen", help="generate a dataset: posttrain gen kg --out DIR [--seed S --key value ...]",
                        allow_abbrev=False)
@@ -18,14 +25,26 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a recipe: posttrain train RECIPE [--key value ...]", allow_abbrev=False)
     t.add_argument("recipe")
     e = sub.add_parser("eval", help="evaluate a model or run directory", allow_abbrev=False)
-    e.add_argument("run", help="run directory or model directory")
+    e.add_argument("run", help="model directory, or a LoRA run directory (its base model is read from it)")
     e.add_argument("--data", required=True, help="dataset directory written by `posttrain gen`")
-    e.add_argument("--suite", default="qa", help="comma-separated suites: qa, hallucination")
-    e.add_argument("--splits", default=None, help="comma-separated splits (default: all QA splits present)")
+    e.add_argument("--suite", default="qa", help="comma-separated suites: qa, hallucination, forgetting, flips, "
+                   "reasoning")
+    e.add_argument("--splits", default=None, help="comma-separated splits (default: each suite's splits present)")
     e.add_argument("--limit", type=int, default=None, help="at most N questions per split")
-    e.add_argument("--engine", default="auto", choices=["auto", "hf"])
+    e.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"])
+    e.add_argument("--adapter", default=None, help="LoRA adapter directory, served on the model without merging")
+    e.add_argument("--reference", default=None, help="reference (old) model or run for the flips suite")
+    e.add_argument("--retain_logs", default=None, help="eval output of a retain-only model (forget quality)")
+    e.add_argument("--refusal", action="append", default=None, metavar="PHRASE",
+                   help="a phrase that marks a refusal (repeatable; default: the testbed's 'I do not know')")
+    e.add_argument("--n", type=int, default=8, help="samples per problem for pass@k (reasoning)")
+    e.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (reasoning)")
+    e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch_size", type=int, default=128)
     e.add_argument("--output", default=None, help="output directory (default: RUN/eval)")
+    r = sub.add_parser("report", help="overlay several eval outputs in one table and plot", allow_abbrev=False)
+    r.add_argument("runs", nargs="+", help="eval output directories (or run directories holding eval/)")
+    r.add_argument("--output", required=True, help="directory for report.md and plots")
     d = sub.add_parser("demo", help="gen -> base model -> eval on the embedded testbed", allow_abbrev=False)
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=0)
@@ -51,15 +70,20 @@ def main(argv: list[str] | None = None) -> int:
 
             print(train(args.recipe, rest, command=["posttrain", *argv]))
         elif args.command == "eval":
-            from posttrain.evals.report import split_table
+            from posttrain.evals.report import summary
             from posttrain.evaluate import run_eval
 
-            splits = args.splits.split(",") if args.splits else None
-            out, results = run_eval(args.run, args.data, args.suite.split(","), splits, args.limit, args.engine,
-                                    args.output, args.batch_size)
-            for suite, res in results.items():
-                print(f"{suite}:\n{split_table(res)}")
+            out, results = run_eval(
+                args.run, args.data, args.suite.split(","), args.splits.split(",") if args.splits else None,
+                args.limit, args.engine, args.output, args.batch_size, adapter=args.adapter,
+                reference=args.reference, retain_logs=args.retain_logs, refusals=args.refusal, n=args.n,
+                temperature=args.temperature, seed=args.seed)
+            print(summary(results))
             print(f"wrote {out}")
+        elif args.command == "report":
+            from posttrain.evals.report import compare
+
+            print(compare(args.runs, args.output))
         elif args.command == "demo":
             from posttrain.demo import demo
 

@@ -10,7 +10,7 @@ from transformers import HfArgumentParser
 from posttrain.errors import UsageError
 from posttrain.runs import atomic_dir, write_json
 
-GENERATORS = {"kg": "posttrain.data_gen.kg"}
+GENERATORS = {"kg": "posttrain.data_gen.kg", "reasoning": "posttrain.data_gen.reasoning"}
 
 
 def generator(name: str):

@@ -42,3 +42,14 @@ def tiny_run(tiny_kg, tmp_path_factory):
     train("recipes/testbed/base.yaml", ["--dataset_path", str(tiny_kg), "--output_dir", str(out), *TINY_MODEL,
                                         "--max_steps", "30", "--logging_steps", "5"])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_run, tiny_kg, tmp_path_factory):
+    """A LoRA adapter (rank 4 on q/v) trained for a few steps on top of ``tiny_run``, in a subprocess."""
+    out = tmp_path_factory.mktemp("lora") / "run"
+    posttrain("train", "recipes/testbed/base.yaml", "--from_scratch", "false", "--model_name_or_path", tiny_run,
+              "--dataset_path", tiny_kg, "--output_dir", out, "--use_peft", "true", "--lora_r", "4",
+              "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "5", "--learning_rate", "5e-2",
+              check=True, cwd=ROOT)
+    return out

@@ -57,11 +57,12 @@ def test_hf_engine_batched_greedy_equals_one_by_one(tiny_run):
 
 def test_eval_cli_writes_results_and_report(tiny_run, tiny_kg, tmp_path):
     out = tmp_path / "eval"
-    proc = posttrain("eval", tiny_run, "--data", tiny_kg, "--splits", "seen,unseen", "--output", out, check=True)
+    proc = posttrain("eval", tiny_run, "--data", tiny_kg, "--splits", "seen,unseen", "--output", out, "--engine", "hf",
+                     check=True)
     assert "| seen |" in proc.stdout
     res = json.loads((out / "results.json").read_text())
     assert set(res["results"]) == {"qa/seen", "qa/unseen"} and res["n-samples"]["qa/seen"] > 0
-    for key in ("configs", "versions", "config", "git_hash", "date"):
+    for key in ("configs", "versions", "config", "git_hash", "date", "engine", "seeds"):
         assert key in res
     seen = res["results"]["qa/seen"]
     assert 0.0 <= seen["exact_match"] <= 1.0 and seen["by_exposure"]
@@ -86,7 +87,8 @@ def test_eval_bad_input_exits_2(tiny_run, tiny_kg, tmp_path, args, message):
 
 
 def test_eval_missing_model_or_data_exits_2(tiny_run, tmp_path):
-    assert "not a model directory" in posttrain("eval", tmp_path, "--data", tmp_path).stderr
+    assert "neither a model directory" in posttrain("eval", tmp_path, "--data", tmp_path).stderr
+    assert "model not found" in posttrain("eval", tmp_path / "none", "--data", tmp_path).stderr
     proc = posttrain("eval", tiny_run, "--data", tmp_path / "none")
     assert proc.returncode == 2 and "dataset directory not found" in proc.stderr
 

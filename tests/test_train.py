@@ -53,23 +53,13 @@ def test_accelerate_launch_runs_the_same_command(tmp_path, tiny_kg):
     assert (out / "model.safetensors").is_file() and (out / "run.json").is_file()
 
 
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_run, tiny_kg):
-    out = tmp_path_factory.mktemp("lora") / "run"
-    posttrain("train", "recipes/testbed/base.yaml", "--from_scratch", "false", "--model_name_or_path", tiny_run,
-              "--dataset_path", tiny_kg, "--output_dir", out, "--use_peft", "true", "--lora_r", "4",
-              "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "5", "--learning_rate", "5e-2",
-              check=True, cwd=ROOT)
-    return out
-
-
-def test_lora_training_saves_only_an_adapter(lora_run):
-    assert (lora_run / "adapter_model.safetensors").is_file() and not (lora_run / "model.safetensors").exists()
-    cfg = json.loads((lora_run / "adapter_config.json").read_text())
+def test_lora_training_saves_only_an_adapter(tiny_lora):
+    assert (tiny_lora / "adapter_model.safetensors").is_file() and not (tiny_lora / "model.safetensors").exists()
+    cfg = json.loads((tiny_lora / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and set(cfg["target_modules"]) == {"q_proj", "v_proj"}
 
 
-def test_hf_engine_serves_the_adapter_unmerged(lora_run, tiny_run):
+def test_hf_engine_serves_the_adapter_unmerged(tiny_lora, tiny_run):
     import torch
     from peft import PeftModel
 
@@ -79,10 +69,10 @@ def test_hf_engine_serves_the_adapter_unmerged(lora_run, tiny_run):
     eng = HFEngine(str(tiny_run))
     prompts, conts = ["Question: Where was P1 born ? Answer:"], [" C1 ."]
     (base,) = eng.score(prompts, conts)
-    (tuned,) = eng.score(prompts, conts, adapter=str(lora_run))
+    (tuned,) = eng.score(prompts, conts, adapter=str(tiny_lora))
     assert tuned != pytest.approx(base, abs=1e-4)
     assert eng.score(prompts, conts)[0] == pytest.approx(base, abs=1e-6)  # switched off again, not merged
-    ref = PeftModel.from_pretrained(load_model(str(tiny_run)), str(lora_run)).eval()
+    ref = PeftModel.from_pretrained(load_model(str(tiny_run)), str(tiny_lora)).eval()
     ids = eng.tok(prompts[0] + conts[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logp = torch.log_softmax(ref(ids).logits[0], -1)

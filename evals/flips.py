@@ -1,0 +1,118 @@
+"""The ``flips`` suite: a candidate model against a reference (old) model on the same questions.
+
+A negative flip is a question the reference answers right and the candidate wrong; a positive flip the reverse.
+Flip rates after MUSCLE (arXiv 2407.09435; METHODS.md §3.2): by exact match, and by a similarity S = ROUGE-L recall
+of the generated answer against the gold completion. How bad a negative flip is follows the mistake-severity idea
+of "Making Better Mistakes" (arXiv 1912.09393): a wrong answer of the gold answer's type, close to it in the
+knowledge graph, is a milder mistake than a far or non-entity one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import DatasetDict
+
+from posttrain.errors import UsageError
+from posttrain.evals import metrics
+from posttrain.evals.qa import greedy_answers
+
+COLUMNS = ("prompt", "completion", "entity", "answer", "answer_type")
+GRAPH_SPLITS = ("seen", "unseen")  # the QA splits whose facts make the knowledge graph
+
+
+def _facts(dd: DatasetDict) -> list[dict]:
+    """The fact rows (fact_id, entity, entity_type, answer, answer_type) of the QA splits, one per fact_id."""
+    facts = {}
+    for s in GRAPH_SPLITS:
+        if s in dd:
+            cols = dd[s].select_columns(["fact_id", "entity", "entity_type", "answer", "answer_type"])
+            for row in cols:
+                facts.setdefault(row["fact_id"], row)
+    return list(facts.values())
+
+
+def entity_types(dd: DatasetDict) -> dict[str, str]:
+    """Entity name -> type, from the (entity, entity_type) and (answer, answer_type) columns of the QA splits."""
+    types = {}
+    for f in _facts(dd):
+        types[f["entity"]] = f["entity_type"]
+        types[f["answer"]] = f["answer_type"]
+    return types
+
+
+def graph_distances(dd: DatasetDict) -> tuple[dict[str, int], np.ndarray]:
+    """The knowledge graph's entity index and all-pairs shortest-path lengths (in edges): the graph is undirected,
+    one edge entity — answer per fact of the QA splits; ``inf`` where no path joins two entities
+    (``scipy.sparse.csgraph.shortest_path``)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    facts = _facts(dd)
+    index = {e: i for i, e in enumerate(sorted({x for f in facts for x in (f["entity"], f["answer"])}))}
+    rows = [index[f["entity"]] for f in facts]
+    cols = [index[f["answer"]] for f in facts]
+    graph = coo_matrix((np.ones(len(facts)), (rows, cols)), shape=(len(index), len(index))).tocsr()
+    return index, shortest_path(graph, directed=False, unweighted=True)
+
+
+def named_entity(answer: str, subject: str, types: dict[str, str]) -> str | None:
+    """The entity an answer names: the last token of ``answer_span(answer)`` (its '.' dropped) that is a known entity
+    name other than the question's subject (a long-form answer repeats it: "P1 was born in C5 ." names C5; a
+    refusal "I do not know about P1 ." names none); None when it names none."""
+    named = [t for t in metrics.answer_span(answer).rstrip(".").split() if t in types and t != subject]
+    return named[-1] if named else None
+
+
+def severity(answers: list[str], subjects: list[str], golds: list[str], gold_types: list[str],
+             types: dict[str, str], index: dict[str, int], dist: np.ndarray) -> tuple[dict, list[dict]]:
+    """Mistake severity of wrong answers (the negative flips), with e_i = named_entity(answer_i) and g_i the gold
+    answer: nf_same_type = mean 1[type(e_i) = type(g_i)]; nf_not_entity = mean 1[e_i is None];
+    over the answers naming an entity, nf_graph_distance = mean of the finite d(e_i, g_i) (shortest path in the
+    graph) and nf_unreachable = mean 1[d(e_i, g_i) = inf]. Also per answer: named_entity, same_type and
+    graph_distance (None when it names no entity or no path leads to the gold answer)."""
+    per = []
+    for a, s, g, gt in zip(answers, subjects, golds, gold_types):
+        e = named_entity(a, s, types)
+        d = float(dist[index[e], index[g]]) if e is not None and g in index else float("inf")
+        per.append({"named_entity": e, "same_type": e is not None and types[e] == gt,
+                    "graph_distance": None if e is None or np.isinf(d) else int(d)})
+    named = [p for p in per if p["named_entity"] is not None]
+    return {"nf_same_type": metrics.mean([p["same_type"] for p in per]),
+            "nf_not_entity": metrics.mean([p["named_entity"] is None for p in per]),
+            "nf_graph_distance": metrics.mean([p["graph_distance"] for p in named if p["graph_distance"] is not None]),
+            "nf_unreachable": metrics.mean([p["graph_distance"] is None for p in named])}, per
+
+
+def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
+             reference=None, **_) -> tuple[dict, list[dict]]:
+    """Per split: ``n``, both models' exact match, ``metrics.flip_rates`` (by exact match), ``rouge_*`` =
+    ``metrics.similarity_flips`` with S = ROUGE-L recall of the answer span against the gold completion, and the
+    mistake severity (``nf_*``) of the negative flips; one sample per question. Each model answers all splits in
+    one engine call."""
+    if reference is None:
+        raise UsageError("the flips suite needs --reference RUN")
+    types = entity_types(dd)
+    index, dist = graph_distances(dd)
+    cand = greedy_answers(engine, dd, splits, limit, max_tokens)
+    ref = greedy_answers(reference, dd, splits, limit, max_tokens)
+    results, samples = {}, []
+    for s, (ds, answers) in cand.items():
+        ref_answers = ref[s][1]
+        gold = list(ds["completion"])
+        cc = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
+        rc = [metrics.exact_match(a, g) for a, g in zip(ref_answers, gold)]
+        sim = [[metrics.rouge_l_recall(metrics.answer_span(a), g) for a, g in zip(ans, gold)]
+               for ans in (ref_answers, answers)]
+        flips = ["negative" if r and not c else "positive" if c and not r else None for r, c in zip(rc, cc)]
+        neg = [i for i, f in enumerate(flips) if f == "negative"]
+        columns = (answers, *(list(ds[c]) for c in ("entity", "answer", "answer_type")))
+        sev, per = severity(*([col[i] for i in neg] for col in columns), types, index, dist)
+        results[s] = {"n": len(ds), "candidate_exact_match": metrics.mean(cc),
+                      "reference_exact_match": metrics.mean(rc), **metrics.flip_rates(rc, cc, ref_answers, answers),
+                      **{f"rouge_{k}": v for k, v in metrics.similarity_flips(*sim).items()}, **sev}
+        severity_of = dict(zip(neg, per))
+        for i, row in enumerate(ds):
+            samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": row["completion"],
+                            "response": answers[i], "reference_response": ref_answers[i], "exact_match": cc[i],
+                            "reference_exact_match": rc[i], "flip": flips[i], **severity_of.get(i, {})})
+    return results, samples

@@ -1,0 +1,103 @@
+"""The ``forgetting`` suite: how much a model still knows of each split's facts, after TOFU (arXiv 2401.06121) and
+open-unlearning's implementation of its metrics (METHODS.md §9.4). Per split, with nll(a) = -mean_t log p(a_t | q,
+a_<t) the mean token NLL of answer a to question q:
+
+* ``exact_match``, ``refusal_rate``: of the greedy answer;
+* ``rouge_l_recall`` = mean_i LCS(greedy answer, gold) / |gold| in words (``rouge-score``);
+* ``answer_prob`` = mean_i exp(-nll(gold_i));
+* ``truth_ratio``: per question TR = exp(-mean_j nll(perturbed_j)) / exp(-nll(paraphrased)) over the row's
+  ``paraphrased_answer`` and ``perturbed_answers``; aggregated as ``truth_ratio_closer_to_1`` = mean_i min(TR_i,
+  1/TR_i) (the forget split's ``truth_ratio``) and ``truth_ratio_true_better`` = mean_i max(0, 1 - TR_i) (the other
+  splits');
+* ``forget_quality`` (forget split) = p-value of the two-sample KS test between the forget split's TRs and those of
+  a retain-only model read from ``retain_logs`` (an earlier ``posttrain eval`` output); NaN without it;
+* ``mia_auc`` = ROC AUC of telling the ``unseen`` facts (never in pretraining: non-members) from the split's facts
+  (members) by the min-k% prob score of the gold answer, -mean of its lowest 40% token log-probs (Shi et al., arXiv
+  2310.16789); 0.5 = no trace of training (and on ``unseen`` itself), NaN when the data has no ``unseen`` split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets import DatasetDict
+
+from posttrain.errors import UsageError
+from posttrain.evals import metrics
+from posttrain.evals.qa import first_rows, greedy_answers
+
+COLUMNS = ("prompt", "completion", "paraphrased_answer", "perturbed_answers")
+MIN_K = 0.4
+NONMEMBERS = "unseen"
+
+
+def retain_truth_ratios(retain_logs: str | Path) -> list[float]:
+    """The forget split's per-question truth ratios in a retain-only model's eval output (its ``samples.jsonl``)."""
+    path = Path(retain_logs)
+    path = path if path.is_file() else path / "samples.jsonl"
+    if not path.is_file():
+        raise UsageError(f"retain logs not found: {path} (give the output directory of `posttrain eval`)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ratios = [r["truth_ratio"] for r in rows if r.get("suite") == "forgetting" and r.get("split") == "forget"]
+    if not ratios:
+        raise UsageError(f"retain logs {path} hold no forgetting-suite samples of the forget split")
+    return ratios
+
+
+def score_groups(engine, prompts: list[str], groups: list[list[str]]) -> list[list[list[float]]]:
+    """Per-token log-probs of every continuation in ``groups[i]`` after ``prompts[i]``, from one engine.score call."""
+    flat = iter(engine.score([p for p, g in zip(prompts, groups) for _ in g], [c for g in groups for c in g]))
+    return [[next(flat) for _ in g] for g in groups]
+
+
+def nll(token_logprobs: list[float]) -> float:
+    """Mean token negative log-likelihood of one answer."""
+    return -sum(token_logprobs) / len(token_logprobs)
+
+
+def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
+             refusals=metrics.DEFAULT_REFUSALS, retain_logs: str | Path | None = None,
+             **_) -> tuple[dict, list[dict]]:
+    """Results per split (``n``, ``exact_match``, ``refusal_rate``, ``rouge_l_recall``, ``answer_prob``,
+    ``truth_ratio`` with both aggregates, ``forget_quality``, ``mia_auc``) and one sample per question. One
+    engine.generate call and one engine.score call for all splits and the non-member questions."""
+    reference = retain_truth_ratios(retain_logs) if retain_logs is not None else None
+    answered = greedy_answers(engine, dd, splits, limit, max_tokens)
+    nonmembers = first_rows(dd, [NONMEMBERS], limit)[NONMEMBERS] if NONMEMBERS in dd else None
+    prompts, groups = [], []
+    for ds, _ in answered.values():
+        prompts += ds["prompt"]
+        groups += [[c, pa, *pe] for c, pa, pe in zip(ds["completion"], ds["paraphrased_answer"],
+                                                      ds["perturbed_answers"])]
+    if nonmembers is not None:
+        prompts += nonmembers["prompt"]
+        groups += [[c] for c in nonmembers["completion"]]
+    logprobs = iter(score_groups(engine, prompts, groups))
+    per_split = {s: [next(logprobs) for _ in range(len(ds))] for s, (ds, _) in answered.items()}
+    nonmember_scores = [metrics.min_k_prob_score(lp[0], MIN_K) for lp in logprobs]
+
+    results, samples = {}, []
+    for s, (ds, answers) in answered.items():
+        gold = list(ds["completion"])
+        correct = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
+        refused = [metrics.is_refusal(a, refusals) for a in answers]
+        rouge = [metrics.rouge_l_recall(a, g) for a, g in zip(answers, gold)]
+        prob = [metrics.geometric_mean_prob(lp[0]) for lp in per_split[s]]
+        ratios = [metrics.truth_ratio(nll(lp[1]), [nll(x) for x in lp[2:]]) for lp in per_split[s]]
+        min_k = [metrics.min_k_prob_score(lp[0], MIN_K) for lp in per_split[s]]
+        closer, better = metrics.truth_ratio_closer_to_1(ratios), metrics.truth_ratio_true_better(ratios)
+        quality = metrics.forget_quality(ratios, reference) if s == "forget" and reference else float("nan")
+        results[s] = {
+            "n": len(ds), "exact_match": metrics.mean(correct), "refusal_rate": metrics.mean(refused),
+            "rouge_l_recall": metrics.mean(rouge), "answer_prob": metrics.mean(prob),
+            "truth_ratio": closer if s == "forget" else better,
+            "truth_ratio_closer_to_1": closer, "truth_ratio_true_better": better, "forget_quality": quality,
+            "mia_auc": metrics.mia_auc(min_k, nonmember_scores) if nonmember_scores else float("nan"),
+        }
+        for i, row in enumerate(ds):
+            samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": gold[i],
+                            "response": answers[i], "exact_match": correct[i], "refused": refused[i],
+                            "rouge_l_recall": rouge[i], "truth_ratio": ratios[i], "answer_prob": prob[i],
+                            "min_k_score": min_k[i], "fact_id": row.get("fact_id")})
+    return results, samples

