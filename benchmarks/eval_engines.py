@@ -8,7 +8,7 @@
 3. score: log-probs of 512 given 16-token continuations on the 30M model — the forgetting / confidence shape;
 plus each engine's start-up. Without --model the testbed is made first (posttrain gen kg + the base recipe, ~4 min
 on 2 cores). Rounds alternate HF and vLLM so that drift hits both; each figure is the best round. Ends with
-`RESULT gen_speedup=<2> tiny_speedup=<1> score_speedup=<3> startup_s=<vLLM start-up, 30M model>`.
+`RESULT gen_speedup=<2> tiny_speedup=<1> score_speedup=<3> startup_s=<the first vLLM engine's start-up>`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def main() -> None:
     for name, cls in (("hf", HFEngine), ("vllm", VLLMEngine)):
         for m in (model, big):
             start[name, m] = timed(lambda: engines.__setitem__((name, m), cls(m)))
-    print(f"start-up: HF {start['hf', big]:.1f} s, vLLM {start['vllm', big]:.1f} s (30M model); torch threads "
+    print(f"start-up: HF {start['hf', model]:.1f} s, vLLM {start['vllm', model]:.1f} s (first engine: import and "
+          f"engine set-up); a second vLLM engine in the process (30M model) {start['vllm', big]:.1f} s; torch threads "
           f"{torch.get_num_threads()}")
 
     work_items = {
@@ -94,7 +95,7 @@ def main() -> None:
               f"vLLM speed-up {ratio:.2f}x")
     speed = {r: best[r, "hf"] / best[r, "vllm"] for r in work_items}
     print(f"RESULT gen_speedup={speed['gen']:.2f} tiny_speedup={speed['tiny']:.2f} "
-          f"score_speedup={speed['score']:.2f} startup_s={start['vllm', big]:.1f}")
+          f"score_speedup={speed['score']:.2f} startup_s={start['vllm', model]:.1f}")
 
 
 if __name__ == "__main__":

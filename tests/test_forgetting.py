@@ -6,6 +6,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 
 from posttrain.data_gen import kg
 from posttrain.errors import UsageError
+from posttrain.gen import fingerprint
 from posttrain.evals import forgetting, report
 
 SMALL = dict(n_persons=40, n_companies=8, n_cities=8, n_countries=3, n_years=10, n_forget_persons=3)
@@ -34,10 +35,10 @@ def test_kg_truth_ratio_answers_are_statements_with_wrong_objects_of_the_right_t
             assert len(set(r["perturbed_answers"])) == 2 and set(r["perturbed_answers"]) <= wrong
             if r["fact_id"] in by_fact:  # a fact has the same answers in every split that holds it
                 assert r["perturbed_answers"] == by_fact[r["fact_id"]]["perturbed_answers"]
-    assert kg.fingerprint(without_new_columns(dd)) == SMALL_OLD_FINGERPRINT
+    assert fingerprint(without_new_columns(dd)) == SMALL_OLD_FINGERPRINT
     more = kg.generate(kg.Config(**{**SMALL, "n_countries": 8, "n_perturbed": 4}))
     assert {len(p) for p in more["seen"]["perturbed_answers"]} == {4}
-    assert kg.fingerprint(without_new_columns(kg.generate(kg.Config(**SMALL, n_perturbed=1)))) == SMALL_OLD_FINGERPRINT
+    assert fingerprint(without_new_columns(kg.generate(kg.Config(**SMALL, n_perturbed=1)))) == SMALL_OLD_FINGERPRINT
 
 
 def qa_rows(*rows):

@@ -9,6 +9,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from conftest import TINY_MODEL, posttrain
 from posttrain.data_gen import reasoning
 from posttrain.evals import reasoning as suite
+from posttrain.gen import fingerprint
 
 SMALL = dict(n_train=300, n_test=60)
 APPLY = {"add": lambda x, b: x + b, "minus": lambda x, b: x - b, "times": lambda x, b: x * b}
@@ -51,8 +52,8 @@ def test_splits_disjoint_and_seeded():
     assert (len(dd["train"]), len(dd["test"])) == (300, 60)
     assert not set(dd["train"]["prompt"]) & set(dd["test"]["prompt"])
     assert len(set(dd["train"]["prompt"])) == 300
-    assert reasoning.fingerprint(dd) == reasoning.fingerprint(small(seed=3))
-    assert reasoning.fingerprint(dd) != reasoning.fingerprint(small(seed=4))
+    assert fingerprint(dd) == fingerprint(small(seed=3))
+    assert fingerprint(dd) != fingerprint(small(seed=4))
     assert {r["steps"] for r in dd["train"]} == {2, 3}
 
 
@@ -119,7 +120,7 @@ def test_gen_train_and_evaluate_end_to_end(tmp_path):
     posttrain("gen", "reasoning", "--out", data, "--seed", "2", "--n_train", "200", "--n_test", "20", check=True)
     manifest = json.loads((data / "manifest.json").read_text())
     dd = load_from_disk(str(data))
-    assert manifest["generator"] == "reasoning" and manifest["fingerprint"] == reasoning.fingerprint(dd)
+    assert manifest["generator"] == "reasoning" and manifest["fingerprint"] == fingerprint(dd)
     assert manifest["num_rows"] == {"train": 200, "test": 20}
     run = train("recipes/testbed/reasoning.yaml", ["--dataset_path", str(data), "--output_dir", str(tmp_path / "m"),
                                                    *TINY_MODEL, "--max_steps", "5"])
