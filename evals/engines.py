@@ -190,10 +190,11 @@ class VLLMEngine:
             out.append(None if a is None else LoRARequest(f"adapter{self._adapters[a]}", self._adapters[a], a))
         return out
 
-    def _prompts(self, texts: list[str]):
+    @staticmethod
+    def _prompts(token_ids: list[list[int]]) -> list:
         from vllm.inputs import TokensPrompt
 
-        return [TokensPrompt(prompt_token_ids=ids) for ids in self.tok(texts)["input_ids"]]
+        return [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
 
     def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, adapter=None):
         from vllm import SamplingParams
@@ -202,21 +203,20 @@ class VLLMEngine:
         params = [SamplingParams(n=n if sample else 1, temperature=temperature, max_tokens=max_tokens,
                                  seed=seed * 1_000_003 + i if sample else None, skip_special_tokens=True)
                   for i in range(len(prompts))]
-        outs = self.llm.generate(self._prompts(prompts), params, lora_request=self._requests(adapter, len(prompts)),
-                                 use_tqdm=self.progress)
+        outs = self.llm.generate(self._prompts(self.tok(list(prompts))["input_ids"]), params,
+                                 lora_request=self._requests(adapter, len(prompts)), use_tqdm=self.progress)
         return [[c.text.strip() for c in o.outputs] * (1 if sample else n) for o in outs]
 
     def score(self, prompts, continuations, adapter=None):
         """log p(token | prefix) for each continuation token, from vLLM's prompt log-probs (same boundary rule
         as ``HFEngine.score``)."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         if len(prompts) != len(continuations):
             raise ValueError("prompts and continuations differ in length")
         full = self.tok([p + c for p, c in zip(prompts, continuations)])["input_ids"]
         starts = [_common_prefix(a, b) for a, b in zip(self.tok(list(prompts))["input_ids"], full)]
-        reqs = [TokensPrompt(prompt_token_ids=ids) for ids in full]
+        reqs = self._prompts(full)
         # flat, undecoded log-probs: 3-4x faster than vLLM's default per-token dicts with decoded strings
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False, flat_logprobs=True)
         if self._lora:
