@@ -21,13 +21,14 @@ CONFIDENCES = ("answer", "sure", "mean")
 
 
 def confidences(engine, prompts: list[str], answers: list[str], sure_question: str = SURE_QUESTION) -> dict:
-    """The three confidences of each (prompt, generated answer); an empty answer gets confidence 0."""
+    """The three confidences of each (prompt, generated answer), from one engine.score call; an empty answer gets
+    confidence 0."""
+    n = len(prompts)
     spans = [metrics.answer_span(a).strip() for a in answers]
-    token_lp = engine.score(prompts, [" " + s for s in spans])
-    answer = [metrics.geometric_mean_prob(lp) if lp else 0.0 for lp in token_lp]
     probes = [f"{p} {s} {sure_question} I am" for p, s in zip(prompts, spans)]
-    sure_lp = engine.score(probes, [" sure"] * len(probes))
-    unsure_lp = engine.score(probes, [" unsure"] * len(probes))
+    lp = engine.score([*prompts, *probes, *probes], [*(" " + s for s in spans), *[" sure"] * n, *[" unsure"] * n])
+    token_lp, sure_lp, unsure_lp = lp[:n], lp[n:2 * n], lp[2 * n:]
+    answer = [metrics.geometric_mean_prob(t) if t else 0.0 for t in token_lp]
     sure = [metrics.sure_probability(a[0], b[0]) for a, b in zip(sure_lp, unsure_lp)]
     return {"answer": answer, "sure": sure, "mean": [(a + b) / 2 for a, b in zip(answer, sure)]}
 
@@ -44,15 +45,20 @@ def split_metrics(correct, refused, known, conf) -> dict:
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
              refusals=metrics.DEFAULT_REFUSALS, **_) -> tuple[dict, list[dict]]:
     """Metrics per split and, for several splits, over all of them pooled (``all``: the AP that matters when known
-    and unknown questions are mixed, as in R-Tuning's test sets)."""
+    and unknown questions are mixed, as in R-Tuning's test sets). One generate and one score call for all splits."""
     results, samples = {}, []
+    answered = greedy_answers(engine, dd, splits, limit, max_tokens)
+    every = confidences(engine, [p for ds, _ in answered.values() for p in ds["prompt"]],
+                        [a for _, answers in answered.values() for a in answers])
     pooled = {"correct": [], "refused": [], "known": [], **{k: [] for k in CONFIDENCES}}
-    for s, (ds, answers) in greedy_answers(engine, dd, splits, limit, max_tokens).items():
+    start = 0
+    for s, (ds, answers) in answered.items():
         prompts, gold = list(ds["prompt"]), list(ds["completion"])
         correct = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
         refused = [metrics.is_refusal(a, refusals) for a in answers]
         known = [e >= FREQUENT for e in ds["exposure"]] if "exposure" in ds.column_names else [False] * len(ds)
-        conf = confidences(engine, prompts, answers)
+        conf = {k: v[start:start + len(ds)] for k, v in every.items()}
+        start += len(ds)
         results[s] = split_metrics(correct, refused, known, conf)
         for key, values in (("correct", correct), ("refused", refused), ("known", known), *conf.items()):
             pooled[key] += values

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             from posttrain.evals.report import summary
             from posttrain.evaluate import run_eval
 
-            out, results = run_eval(
+            out, results, _ = run_eval(
                 args.run, args.data, args.suite.split(","), args.splits.split(",") if args.splits else None,
                 args.limit, args.engine, args.output, args.batch_size, adapter=args.adapter,
                 reference=args.reference, retain_logs=args.retain_logs, refusals=args.refusal, n=args.n,

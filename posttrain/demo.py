@@ -42,11 +42,10 @@ def demo(out: str = "runs/demo", seed: int = 0) -> dict:
     run = train("testbed/base.yaml", ["--dataset_path", str(data), "--output_dir", str(out / "base"),
                                       "--seed", str(seed), "--logging_steps", "250"], command=["posttrain", "demo"])
     t2 = time.time()
-    _, results = run_eval(str(run), str(data))
+    _, results, samples = run_eval(str(run), str(data))
     results = results["qa"]
     t3 = time.time()
-    samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
-    seen_ok = [s["exact_match"] for s in samples if s["split"] == "seen"]
+    seen_ok = [s["exact_match"] for s in samples["qa"] if s["split"] == "seen"]
     experts = expert_accuracy(data, seed=seed)
     best = max(experts, key=lambda x: x["accuracy"])
     model_on = {k: metrics.mean([seen_ok[i] for i in best[k]]) for k in ("covered", "frequent")}

