@@ -2,7 +2,8 @@
 confidence ranks its right answers above its wrong ones (R-Tuning's AP, arXiv 2311.09677; METHODS.md §1.7).
 
 Per split: accuracy, refusal rate, hallucination rate (answered and wrong), laziness (refused a frequently seen
-fact: on the testbed those are the facts the base model knows), AP and ECE. Three confidences per answer:
+fact: on the testbed those are the facts the base model knows), answer rate and accuracy on the answered questions
+(answered = no refusal and p(sure) > 0.5, R-Tuning's "willing to answer"), AP and ECE. Three confidences per answer:
 ``answer`` = geometric mean of the greedy answer's token probabilities (each the step's maximum), ``sure`` =
 p(sure) / (p(sure) + p(unsure)) for the next word after "{prompt} {answer} {certainty question} I am" (first
 token of each word), ``mean`` = their average (R-Tuning's ranking score).
@@ -34,7 +35,10 @@ def confidences(engine, prompts: list[str], answers: list[str], sure_question: s
 
 
 def split_metrics(correct, refused, known, conf) -> dict:
-    r = {"n": len(correct), **metrics.hallucination_rates(correct, refused, known)}
+    answered = [not f and p > 0.5 for f, p in zip(refused, conf["sure"])]
+    r = {"n": len(correct), **metrics.hallucination_rates(correct, refused, known),
+         "answer_rate": metrics.mean(answered),
+         "answered_accuracy": metrics.mean([c for c, a in zip(correct, answered) if a])}
     for name in CONFIDENCES:
         r[f"ap_{name}"] = metrics.average_precision(correct, conf[name])
     r["ece_answer"] = metrics.expected_calibration_error(correct, conf["answer"])
@@ -62,9 +66,11 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         results[s] = split_metrics(correct, refused, known, conf)
         for key, values in (("correct", correct), ("refused", refused), ("known", known), *conf.items()):
             pooled[key] += values
+        exposure = list(ds["exposure"]) if "exposure" in ds.column_names else [None] * len(ds)
         for i, (p, g, a, c, f) in enumerate(zip(prompts, gold, answers, correct, refused)):
             samples.append({"split": s, "doc_id": i, "prompt": p, "target": g, "response": a, "exact_match": c,
-                            "refused": f, **{f"confidence_{k}": conf[k][i] for k in CONFIDENCES}})
+                            "refused": f, "exposure": exposure[i],
+                            **{f"confidence_{k}": conf[k][i] for k in CONFIDENCES}})
     if len(splits) > 1:
         results["all"] = split_metrics(pooled["correct"], pooled["refused"], pooled["known"], pooled)
     return results, samples

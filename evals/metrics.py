@@ -33,6 +33,24 @@ def is_refusal(text: str, phrases: Sequence[str] = DEFAULT_REFUSALS) -> bool:
     return any(normalize(p) in t for p in phrases)
 
 
+def contains_answer(output: str, gold: str) -> bool:
+    """R-Tuning's correctness, "gold in output", on whole words: 1[the words of normalize(gold) occur as a
+    contiguous run in the words of normalize(answer_span(output)), trailing '.' dropped]. Whole words, because a
+    plain substring test counts "C1" as found in "C15"."""
+    out, g = (normalize(answer_span(t)).rstrip(".").split() for t in (output, gold))
+    return bool(g) and any(out[i:i + len(g)] == g for i in range(len(out) - len(g) + 1))
+
+
+def answer_entropy(answers: Sequence[str]) -> float:
+    """Shannon entropy (nats) of the empirical distribution of ``answers`` (exact strings):
+    H = -sum_a (c_a / k) log(c_a / k), c_a the count of answer a among k (``scipy.stats.entropy`` of the counts)."""
+    from collections import Counter
+
+    from scipy.stats import entropy
+
+    return float(entropy(list(Counter(answers).values()))) if answers else float("nan")
+
+
 def mean(flags: Sequence[bool | float]) -> float:
     """sum(flags) / len(flags); NaN for no items."""
     return float(np.mean(flags)) if len(flags) else float("nan")

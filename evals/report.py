@@ -13,8 +13,8 @@ from posttrain.runs import atomic_dir, git_hash, package_versions, write_json
 # the few metrics per suite that fit one screen; the full set is in results.json and report.md
 SUMMARY = {
     "qa": ("n", "exact_match", "refusal_rate"),
-    "hallucination": ("n", "accuracy", "refusal_rate", "hallucination_rate", "laziness", "ap_answer", "ap_sure",
-                      "ece_answer"),
+    "hallucination": ("n", "accuracy", "refusal_rate", "hallucination_rate", "answer_rate", "answered_accuracy",
+                      "ap_answer", "ap_sure", "ap_mean", "ece_answer"),
     "forgetting": ("n", "exact_match", "refusal_rate", "rouge_l_recall", "truth_ratio", "forget_quality", "mia_auc"),
     "flips": ("n", "candidate_exact_match", "reference_exact_match", "negative_flip_rate", "positive_flip_rate",
               "nf_same_type", "nf_graph_distance"),

@@ -1,4 +1,4 @@
-"""The ``posttrain`` command: gen, train, eval, report, demo."""
+"""The ``posttrain`` command: gen, train, probe, eval, report, demo."""
 
 from __future__ import annotations
 
@@ -42,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch_size", type=int, default=128)
     e.add_argument("--output", default=None, help="output directory (default: RUN/eval)")
+    pr = sub.add_parser("probe", help="label a fine-tuning set by what a model knows (R-Tuning's first step)",
+                        allow_abbrev=False)
+    pr.add_argument("model", help="model directory (the model R-Tuning will fine-tune)")
+    pr.add_argument("--data", required=True, help="dataset directory written by `posttrain gen`")
+    pr.add_argument("--splits", default="train", help="comma-separated splits to label (default: train)")
+    pr.add_argument("--out", required=True, help="directory for the labelled dataset")
+    pr.add_argument("--k", type=int, default=5, help="sampled answers per question (R-Tuning-U's entropy)")
+    pr.add_argument("--temperature", type=float, default=0.7)
+    pr.add_argument("--max_tokens", type=int, default=15)
+    pr.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"])
+    pr.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="overlay several eval outputs in one table and plot", allow_abbrev=False)
     r.add_argument("runs", nargs="+", help="eval output directories (or run directories holding eval/)")
     r.add_argument("--output", required=True, help="directory for report.md and plots")
@@ -80,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
                 temperature=args.temperature, seed=args.seed)
             print(summary(results))
             print(f"wrote {out}")
+        elif args.command == "probe":
+            from posttrain.probe import probe
+
+            print(probe(args.model, args.data, args.out, args.splits.split(","), k=args.k,
+                        temperature=args.temperature, max_tokens=args.max_tokens, engine=args.engine,
+                        seed=args.seed))
         elif args.command == "report":
             from posttrain.evals.report import compare
 

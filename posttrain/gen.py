@@ -14,7 +14,8 @@ from transformers import HfArgumentParser
 from posttrain.errors import UsageError
 from posttrain.runs import atomic_dir, write_json
 
-GENERATORS = {"kg": "posttrain.data_gen.kg", "reasoning": "posttrain.data_gen.reasoning"}
+GENERATORS = {"kg": "posttrain.data_gen.kg", "reasoning": "posttrain.data_gen.reasoning",
+              "rtuning": "posttrain.data_gen.rtuning"}
 
 
 def generator(name: str):

@@ -64,8 +64,11 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
     with atomic_dir(final, tmp_name=f".{final.name}.partial", main=PartialState().is_main_process) as tmp:
         recipe.train.output_dir = str(tmp)
         model, tok = build_model(recipe, dd)
-        trainer = trainer_cls(model=model, args=recipe.train, train_dataset=train_ds, eval_dataset=eval_ds,
-                              processing_class=tok, peft_config=get_peft_config(recipe.model))
+        try:
+            trainer = trainer_cls(model=model, args=recipe.train, train_dataset=train_ds, eval_dataset=eval_ds,
+                                  processing_class=tok, peft_config=get_peft_config(recipe.model))
+        except ValueError as e:  # a trainer rejecting settings that would misapply its method
+            raise UsageError(f"{recipe.method}: {str(e).strip().splitlines()[0]}") from None
         result = trainer.train()
         trainer.save_model(str(tmp))
         recipe.train.output_dir = str(final)

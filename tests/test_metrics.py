@@ -89,3 +89,20 @@ def test_hallucination_rates_and_confidences():
     assert out == {"accuracy": 0.25, "refusal_rate": 0.5, "hallucination_rate": 0.25, "laziness": pytest.approx(1 / 3)}
     assert m.sure_probability(math.log(0.3), math.log(0.1)) == pytest.approx(0.75)
     assert m.geometric_mean_prob([math.log(0.5), math.log(0.125)]) == pytest.approx(0.25)
+
+
+def test_contains_answer_matches_whole_words_in_the_answer_span():
+    assert m.contains_answer("C15 .", "C15")
+    assert m.contains_answer("P3 was born in C15 . I am sure .", "C15")
+    assert not m.contains_answer("C15 .", "C1")  # a plain substring test would count it
+    assert not m.contains_answer("C2 . P3 was born in C15 .", "C15")  # only the answer span counts
+    assert m.contains_answer("born in New York .", "new york")
+    assert not m.contains_answer("anything .", "")
+
+
+def test_answer_entropy_is_scipys_entropy_of_the_answer_counts():
+    from scipy.stats import entropy
+
+    assert m.answer_entropy(["a"] * 5) == 0.0
+    assert m.answer_entropy(["a", "a", "b", "c", "a"]) == pytest.approx(entropy([3, 1, 1]))
+    assert m.answer_entropy(list("abcde")) == pytest.approx(np.log(5))

@@ -10,6 +10,8 @@ from importlib import import_module
 
 METHODS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "sft": ("posttrain.trainers.sft", "SFTConfig", "SFTTrainer", ("prompt", "completion")),
+    "rtuning": ("posttrain.trainers.rtuning", "RTuningConfig", "RTuningTrainer",
+                ("prompt", "completion", "probe_correct", "probe_entropy")),
 }
 
 

@@ -1,0 +1,92 @@
+"""``posttrain probe``: what a model knows of a fine-tuning set, the first step of R-Tuning (arXiv 2311.09677).
+
+Each question of the chosen splits goes to the model (through the engine, vLLM when available) twice: one greedy
+answer, and k sampled answers (temperature T). Every answer is cut after its first '.' (max_tokens 15, as the
+reference code). New columns:
+
+* ``probe_answer``, ``probe_correct``: the greedy answer, and whether it contains the gold answer (whole words;
+  the gold is the ``answer`` column when present, else the completion's answer span) — R-Tuning's split;
+* ``probe_samples``, ``probe_entropy``: the k sampled answers and the entropy of their distribution — R-Tuning-U's.
+
+The labelled splits are saved as a dataset (reusable by every R-Tuning variant) whose split info records the probed
+model, so that a trainer can refuse labels probed on another model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from posttrain.errors import UsageError
+from posttrain.evals import metrics
+from posttrain.runs import atomic_dir, write_json
+from posttrain.train import load_data, split
+
+COLUMNS = ("prompt", "completion")
+PROBE_COLUMNS = ("probe_answer", "probe_correct", "probe_samples", "probe_entropy")
+
+
+def gold_answers(ds) -> list[str]:
+    if "answer" in ds.column_names:
+        return [str(a) for a in ds["answer"]]
+    return [metrics.answer_span(c) for c in ds["completion"]]
+
+
+def label(engine, ds, k: int = 5, temperature: float = 0.7, max_tokens: int = 15, seed: int = 0):
+    """``ds`` with the four probe columns (one greedy and one sampling engine call)."""
+    prompts = list(ds["prompt"])
+    greedy = [metrics.answer_span(a[0]) for a in engine.generate(prompts, n=1, temperature=0.0,
+                                                                   max_tokens=max_tokens)]
+    samples = [[metrics.answer_span(s) for s in row]
+               for row in engine.generate(prompts, n=k, temperature=temperature, max_tokens=max_tokens, seed=seed)]
+    correct = [metrics.contains_answer(a, g) for a, g in zip(greedy, gold_answers(ds))]
+    entropy = [metrics.answer_entropy([metrics.normalize(s) for s in row]) for row in samples]
+    ds = ds.remove_columns([c for c in PROBE_COLUMNS if c in ds.column_names])
+    for name, values in zip(PROBE_COLUMNS, (greedy, correct, samples, entropy)):
+        ds = ds.add_column(name, values)
+    return ds
+
+
+def probed_model(ds) -> str | None:
+    """The model a probed split was labelled with (recorded in its dataset info), or None."""
+    try:
+        return json.loads(ds.info.description or "{}").get("probe", {}).get("model")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def probe(model: str, data: str, out: str, splits: list[str] = ("train",), k: int = 5, temperature: float = 0.7,
+          max_tokens: int = 15, engine: str = "auto", seed: int = 0, batch_size: int = 128,
+          progress: bool = True) -> Path:
+    from datasets import DatasetDict
+
+    from posttrain.evaluate import engines_for, resolve
+
+    if k < 2:
+        raise UsageError("--k must be at least 2 (the entropy of one sample is always 0)")
+    if temperature <= 0:
+        raise UsageError("--temperature must be positive (the samples measure the model's uncertainty)")
+    target = resolve(model)
+    if target.adapter is not None:
+        raise UsageError(f"{model} is a LoRA run; R-Tuning probes the model it will fine-tune: give a model "
+                         "directory")
+    dd = load_data(data)
+    chosen = {s: split(dd, s, COLUMNS) for s in splits}
+    for s, ds in chosen.items():
+        if len(ds) == 0:
+            raise UsageError(f"split {s!r} is empty")
+    eng = engines_for(engine, [target], batch_size, seed, progress)[target.model]
+    settings = {"model": str(Path(target.model).resolve()), "data": data, "k": k, "temperature": temperature,
+                "max_tokens": max_tokens, "seed": seed, "engine": eng.name}
+    labelled = DatasetDict()
+    for s, ds in chosen.items():
+        ds = label(eng, ds, k, temperature, max_tokens, seed)
+        ds.info.description = json.dumps({"probe": settings})
+        labelled[s] = ds
+    with atomic_dir(out) as tmp:
+        labelled.save_to_disk(str(tmp))
+        write_json(tmp / "manifest.json", {
+            "probe": settings,
+            "splits": {s: {"n": len(ds), "correct": metrics.mean(list(ds["probe_correct"])),
+                           "mean_entropy": metrics.mean(list(ds["probe_entropy"]))} for s, ds in labelled.items()}})
+    return Path(out)

@@ -1,0 +1,134 @@
+"""R-Tuning: refusal-aware instruction tuning (Zhang et al., arXiv 2311.09677; METHODS.md §1).
+
+Plain SFT on the fine-tuning set, with the data rewritten by what the model being tuned already knows. The
+questions must first be probed on that very model (``posttrain probe``: a greedy answer and k sampled answers per
+question); then each item is certain or uncertain:
+
+* ``split: correctness`` (R-Tuning): certain when the model's greedy answer contains the gold answer;
+* ``split: entropy`` (R-Tuning-U): certain for the lowest-entropy half of the k sampled answers (floor(N/2)
+  items; ties keep the data order), no gold labels involved.
+
+and its completion becomes:
+
+* ``variant: suffix``: the gold answer, always kept, followed by the certainty question and "I am sure." or
+  "I am unsure." — at test time p(sure) after "... I am" is the model's confidence;
+* ``variant: refusal`` (the reference code's ``unknown`` method): certain items unchanged, uncertain ones answered
+  with a refusal drawn at random (seeded) from ``refusals``.
+
+What differs from ``SFTTrainer``: only ``__init__``, which builds that dataset (and the eval set's, when it carries
+probe columns) and checks it. Defaults follow the reference code: its templates and 16 refusals, and the loss on the
+whole text (LMFlow ``text_only``), so ``completion_only_loss`` is off unless set. Rejected, because they would
+misapply the method silently: labels probed on another model than the one being tuned (R-Tuning's split is the
+tuned model's own knowledge gap; a from-scratch model has none), and a ``max_length`` that would cut the certainty
+phrase off the longest example. Left out: the reference's multiple-choice (MMLU) and context (HotpotQA) prompt
+formats — they are a matter of the dataset's ``prompt`` column here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from posttrain.probe import probed_model
+from posttrain.trainers.sft import SFTConfig, SFTTrainer
+
+SURE_QUESTION = "Are you sure you accurately answered the question based on your internal knowledge?"
+SURE, UNSURE = "I am sure.", "I am unsure."
+REFUSALS = (
+    "The answer is unknown.", "The answer is uncertain.", "The answer is unclear.", "It is not known.",
+    "I do not know the answer.", "I'm not sure.", "There is no definitive answer.", "There is much debate.",
+    "There is no concrete answer to this question.", "It is impossible to answer.", "There is no known case.",
+    "There is no public information available.", "There is no scientific evidence.", "There is no right answer.",
+    "It is impossible to know.", "It is difficult to predict.",
+)
+SPLITS = {"correctness": "probe_correct", "entropy": "probe_entropy"}
+VARIANTS = ("suffix", "refusal")
+
+
+@dataclass
+class RTuningConfig(SFTConfig):
+    split: str = field(default="correctness", metadata={
+        "help": "How items are labelled certain: 'correctness' (greedy answer right; R-Tuning) or 'entropy' "
+                "(lowest-entropy half of the sampled answers; R-Tuning-U)."})
+    variant: str = field(default="suffix", metadata={
+        "help": "'suffix': gold answer + certainty question + sure/unsure; 'refusal': uncertain items are "
+                "answered with a refusal."})
+    sure_question: str = field(default=SURE_QUESTION, metadata={"help": "The certainty question."})
+    sure: str = field(default=SURE, metadata={"help": "Answer to the certainty question on certain items."})
+    unsure: str = field(default=UNSURE, metadata={"help": "Answer to the certainty question on uncertain items."})
+    refusals: list[str] = field(default_factory=lambda: list(REFUSALS), metadata={
+        "help": "Refusal completions for the refusal variant (one drawn per uncertain item)."})
+    completion_only_loss: bool | None = field(default=False, metadata={
+        "help": "Loss on the completion only; off by default: R-Tuning trains on the whole text."})
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.variant == "refusal" and not [r for r in self.refusals if r.strip()]:
+            raise ValueError("variant 'refusal' needs at least one non-empty refusal")
+        if self.variant == "suffix" and self.sure.strip() == self.unsure.strip():
+            raise ValueError("sure and unsure must differ")
+        super().__post_init__()
+
+
+def certain(ds: Dataset, split: str = "correctness") -> list[bool]:
+    """Which items are certain: the probe's correctness, or the lowest-entropy floor(N/2) items."""
+    if split == "correctness":
+        return [bool(c) for c in ds["probe_correct"]]
+    order = np.argsort(np.asarray(ds["probe_entropy"], dtype=float), kind="stable")
+    out = np.zeros(len(ds), dtype=bool)
+    out[order[: len(ds) // 2]] = True
+    return out.tolist()
+
+
+def build(ds: Dataset, args: RTuningConfig) -> Dataset:
+    """The refusal-aware data: columns prompt, completion and certain (see the module docstring)."""
+    labels = certain(ds, args.split)
+    rng = np.random.default_rng(args.seed)
+    refusals = [r.strip() for r in args.refusals if r.strip()]
+    completions = []
+    for c, ok in zip(ds["completion"], labels):
+        if args.variant == "suffix":
+            completions.append(f"{c.rstrip()} {args.sure_question.strip()} {(args.sure if ok else args.unsure).strip()}")
+        else:
+            completions.append(c if ok else " " + refusals[int(rng.integers(len(refusals)))])
+    return Dataset.from_dict({"prompt": list(ds["prompt"]), "completion": completions, "certain": labels})
+
+
+def _same_model(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    return pa.resolve() == pb.resolve() if pa.exists() and pb.exists() else a == b
+
+
+class RTuningTrainer(SFTTrainer):
+    """SFT on R-Tuning's refusal-aware rewrite of a probed dataset; see the module docstring."""
+
+    def __init__(self, model, args: RTuningConfig, train_dataset: Dataset, eval_dataset: Dataset | None = None,
+                 processing_class=None, **kwargs):
+        if not isinstance(args, RTuningConfig):
+            raise ValueError("RTuningTrainer needs an RTuningConfig")
+        need = SPLITS[args.split]
+        if need not in train_dataset.column_names:
+            raise ValueError(f"the training set has no {need!r} column: label it first with `posttrain probe`")
+        name = model if isinstance(model, str) else getattr(model, "name_or_path", "")
+        probed = probed_model(train_dataset)
+        if probed is not None and not _same_model(probed, name):
+            raise ValueError(f"the training set was probed on {probed}, but the model being tuned is "
+                             f"{name or 'a new, untrained model'}: R-Tuning splits the data by the tuned model's "
+                             "own knowledge, so probe this model")
+        train_dataset = build(train_dataset, args).remove_columns("certain")
+        if eval_dataset is not None and need in eval_dataset.column_names:
+            eval_dataset = build(eval_dataset, args).remove_columns("certain")
+        if processing_class is not None and args.max_length is not None:
+            longest = max(len(processing_class(p + c)["input_ids"]) + 1  # + EOS
+                          for p, c in zip(train_dataset["prompt"], train_dataset["completion"]))
+            if longest > args.max_length:
+                raise ValueError(f"max_length {args.max_length} would cut the certainty phrase or refusal off the "
+                                 f"longest example ({longest} tokens)")
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, **kwargs)
