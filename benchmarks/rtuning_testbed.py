@@ -84,7 +84,8 @@ def run_seed(seed: int, root: Path) -> dict:
         posttrain("eval", run, "--data", data, "--suite", "hallucination", "--splits", "test,ood", "--output", out,
                   "--seed", seed)
         samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-        results[name] = {split: scores([s for s in samples if s["split"] == split], suffix) for split in ("test", "ood")}
+        results[name] = {split: scores([s for s in samples if s["split"] == split], suffix)
+                         for split in ("test", "ood")}
         print(f"seed {seed}: {name} trained and evaluated in {time.time() - t:.0f}s", flush=True)
     return results
 

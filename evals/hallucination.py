@@ -47,13 +47,13 @@ def split_metrics(correct, refused, known, conf) -> dict:
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
-             refusals=metrics.DEFAULT_REFUSALS, **_) -> tuple[dict, list[dict]]:
+             refusals=metrics.DEFAULT_REFUSALS, sure_question: str = SURE_QUESTION, **_) -> tuple[dict, list[dict]]:
     """Metrics per split and, for several splits, over all of them pooled (``all``: the AP that matters when known
     and unknown questions are mixed, as in R-Tuning's test sets). One generate and one score call for all splits."""
     results, samples = {}, []
     answered = greedy_answers(engine, dd, splits, limit, max_tokens)
     every = confidences(engine, [p for ds, _ in answered.values() for p in ds["prompt"]],
-                        [a for _, answers in answered.values() for a in answers])
+                        [a for _, answers in answered.values() for a in answers], sure_question)
     pooled = {"correct": [], "refused": [], "known": [], **{k: [] for k in CONFIDENCES}}
     start = 0
     for s, (ds, answers) in answered.items():

@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--retain_logs", default=None, help="eval output of a retain-only model (forget quality)")
     e.add_argument("--refusal", action="append", default=None, metavar="PHRASE",
                    help="a phrase that marks a refusal (repeatable; default: the testbed's 'I do not know')")
+    e.add_argument("--sure_question", default=None, help="the certainty question before 'I am' (hallucination; "
+                   "default: the testbed's, spaced punctuation; give the one the model was tuned with)")
     e.add_argument("--n", type=int, default=8, help="samples per problem for pass@k (reasoning)")
     e.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (reasoning)")
     e.add_argument("--seed", type=int, default=0)
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.run, args.data, args.suite.split(","), args.splits.split(",") if args.splits else None,
                 args.limit, args.engine, args.output, args.batch_size, adapter=args.adapter,
                 reference=args.reference, retain_logs=args.retain_logs, refusals=args.refusal, n=args.n,
-                temperature=args.temperature, seed=args.seed)
+                temperature=args.temperature, seed=args.seed, sure_question=args.sure_question)
             print(summary(results))
             print(f"wrote {out}")
         elif args.command == "probe":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from posttrain.data_gen.kg import SURE_QUESTION
 from posttrain.errors import UsageError
 from posttrain.evals import flips, forgetting, hallucination, metrics, qa, reasoning, report
 from posttrain.evals.engines import Served, make_engine, vllm_available
@@ -117,7 +118,7 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
              limit: int | None = None, engine: str = "auto", output: str | None = None, batch_size: int = 128,
              adapter: str | None = None, reference: str | None = None, retain_logs: str | None = None,
              refusals: list[str] | None = None, n: int = 8, temperature: float = 0.7, seed: int = 0,
-             progress: bool = True) -> tuple[Path, dict, dict]:
+             sure_question: str | None = None, progress: bool = True) -> tuple[Path, dict, dict]:
     """Evaluate a model (or LoRA run) on ``suites`` x ``splits`` with one engine; returns the output directory and
     the results and samples per suite (as written there)."""
     for suite in suites:
@@ -152,14 +153,16 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     served = Served(engines[target.model], target.adapter)
     options = {"refusals": tuple(refusals) if refusals else metrics.DEFAULT_REFUSALS,
                "reference": Served(engines[ref.model], ref.adapter) if ref else None,
-               "retain_logs": retain_logs, "n": n, "temperature": temperature, "seed": seed}
+               "retain_logs": retain_logs, "n": n, "temperature": temperature, "seed": seed,
+               "sure_question": sure_question or SURE_QUESTION}
     results, samples = {}, {}
     for suite in tqdm(suites, desc="eval", unit="suite", disable=not progress):
         results[suite], samples[suite] = SUITES[suite].evaluate(served, dd, chosen[suite], limit=limit, **options)
     config = {"model": target.model, "adapter": target.adapter, "data": data, "suites": list(suites),
               "splits": chosen, "limit": limit, "engine": served.name, "batch_size": batch_size,
               "reference": reference, "retain_logs": retain_logs, "refusals": list(options["refusals"]),
-              "n": n, "temperature": temperature, "seed": seed, "command": sys.argv,
+              "n": n, "temperature": temperature, "seed": seed, "sure_question": options["sure_question"],
+              "command": sys.argv,
               "wall_time_s": round(time.time() - start, 3)}
     with atomic_dir(out) as tmp:
         report.write(tmp, results, samples, config)

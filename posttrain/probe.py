@@ -6,7 +6,8 @@ reference code). New columns:
 
 * ``probe_answer``, ``probe_correct``: the greedy answer, and whether it contains the gold answer (whole words;
   the gold is the ``answer`` column when present, else the completion's answer span) — R-Tuning's split;
-* ``probe_samples``, ``probe_entropy``: the k sampled answers and the entropy of their distribution — R-Tuning-U's.
+* ``probe_samples``, ``probe_entropy``: the k sampled answers and the entropy of their distribution (answers compared
+  normalised, a final '.' ignored) — R-Tuning-U's.
 
 The labelled splits are saved as a dataset (reusable by every R-Tuning variant) whose split info records the probed
 model, so that a trainer can refuse labels probed on another model.
@@ -40,7 +41,7 @@ def label(engine, ds, k: int = 5, temperature: float = 0.7, max_tokens: int = 15
     samples = [[metrics.answer_span(s) for s in row]
                for row in engine.generate(prompts, n=k, temperature=temperature, max_tokens=max_tokens, seed=seed)]
     correct = [metrics.contains_answer(a, g) for a, g in zip(greedy, gold_answers(ds))]
-    entropy = [metrics.answer_entropy([metrics.normalize(s) for s in row]) for row in samples]
+    entropy = [metrics.answer_entropy([metrics.normalize(s).rstrip(" .") for s in row]) for row in samples]
     ds = ds.remove_columns([c for c in PROBE_COLUMNS if c in ds.column_names])
     for name, values in zip(PROBE_COLUMNS, (greedy, correct, samples, entropy)):
         ds = ds.add_column(name, values)

@@ -94,7 +94,8 @@ def build(ds: Dataset, args: RTuningConfig) -> Dataset:
     completions = []
     for c, ok in zip(ds["completion"], labels):
         if args.variant == "suffix":
-            completions.append(f"{c.rstrip()} {args.sure_question.strip()} {(args.sure if ok else args.unsure).strip()}")
+            answer = (args.sure if ok else args.unsure).strip()
+            completions.append(f"{c.rstrip()} {args.sure_question.strip()} {answer}")
         else:
             completions.append(c if ok else " " + refusals[int(rng.integers(len(refusals)))])
     return Dataset.from_dict({"prompt": list(ds["prompt"]), "completion": completions, "certain": labels})
