@@ -90,8 +90,19 @@ def run_seed(seed: int, root: Path) -> dict:
     return results
 
 
+def ms(values: list[float]) -> tuple[float, float, float]:
+    """Mean, std and min over the seeds where the value is defined (answered_acc is NaN where nothing is answered)."""
+    v = np.array(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return (float(v.mean()), float(v.std()), float(v.min())) if len(v) else (float("nan"),) * 3
+
+
+def pm(mean: float, std: float) -> str:
+    return "–" if np.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+
+
 def table(headers, rows) -> str:
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: ("–" if np.isnan(v) else f"{v:.3f}") if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows])
 
@@ -108,13 +119,13 @@ def main() -> None:
         for split in ("test", "ood"):
             print(f"\nseed {s}, {split}:")
             print(table(["method", *COLUMNS], [[n, *(res[n][split][c] for c in COLUMNS)] for n in names]))
-    agg = {(n, split, k): (float(np.mean(v)), float(np.std(v)), float(np.min(v)))
+    agg = {(n, split, k): ms(v)
            for n in names for split in ("test", "ood") for k in per_seed[args.seeds[0]][n][split]
            for v in [[per_seed[s][n][split][k] for s in args.seeds]]}
     for split, title in (("test", "in-domain (test)"), ("ood", "out-of-domain (ood)")):
         print(f"\n{title}, mean ± std over seeds {args.seeds}:")
-        print(table(["method", *COLUMNS], [[n, *(f"{agg[n, split, c][0]:.3f} ± {agg[n, split, c][1]:.3f}"
-                                                 for c in COLUMNS)] for n in names]))
+        print(table(["method", *COLUMNS], [[n, *(pm(*agg[n, split, c][:2]) for c in COLUMNS)]
+                                                for n in names]))
     print("\nin-domain by exposure in pretraining (mean over seeds): accuracy / abstention rate")
     print(table(["method", *(f"{b} (n={agg[names[0], 'test', f'{b}/n'][0]:.0f})" for b, _, _ in BUCKETS)],
                 [[n, *(f"{agg[n, 'test', f'{b}/acc'][0]:.2f} / {agg[n, 'test', f'{b}/abstain'][0]:.2f}"
