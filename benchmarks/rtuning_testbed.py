@@ -90,15 +90,18 @@ def run_seed(seed: int, root: Path) -> dict:
     return results
 
 
-def ms(values: list[float]) -> tuple[float, float, float]:
-    """Mean, std and min over the seeds where the value is defined (answered_acc is NaN where nothing is answered)."""
+def ms(values: list[float]) -> tuple[float, float, float, int]:
+    """Mean, std, min and count over the seeds where the value is defined (answered_acc is NaN where a model answers
+    nothing)."""
     v = np.array(values, dtype=float)
     v = v[~np.isnan(v)]
-    return (float(v.mean()), float(v.std()), float(v.min())) if len(v) else (float("nan"),) * 3
+    return (float(v.mean()), float(v.std()), float(v.min()), len(v)) if len(v) else (float("nan"),) * 3 + (0,)
 
 
-def pm(mean: float, std: float) -> str:
-    return "–" if np.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+def pm(mean: float, std: float, _min: float, n: int, seeds: int) -> str:
+    if n == 0:
+        return "–"
+    return f"{mean:.3f} ± {std:.3f}" if n == seeds else f"{mean:.3f} ({n} of {seeds} seeds)"
 
 
 def table(headers, rows) -> str:
@@ -124,7 +127,7 @@ def main() -> None:
            for v in [[per_seed[s][n][split][k] for s in args.seeds]]}
     for split, title in (("test", "in-domain (test)"), ("ood", "out-of-domain (ood)")):
         print(f"\n{title}, mean ± std over seeds {args.seeds}:")
-        print(table(["method", *COLUMNS], [[n, *(pm(*agg[n, split, c][:2]) for c in COLUMNS)]
+        print(table(["method", *COLUMNS], [[n, *(pm(*agg[n, split, c], len(args.seeds)) for c in COLUMNS)]
                                                 for n in names]))
     print("\nin-domain by exposure in pretraining (mean over seeds): accuracy / abstention rate")
     print(table(["method", *(f"{b} (n={agg[names[0], 'test', f'{b}/n'][0]:.0f})" for b, _, _ in BUCKETS)],
