@@ -22,7 +22,7 @@ from posttrain.trainers.rtuning import RTuningConfig, RTuningTrainer, build, cer
 REFUSALS = ["I do not know the answer .", "Sorry , I do not know the answer ."]
 
 
-# --- fixtures: R-Tuning testbed data, a tiny base model trained on it, its probe through the CLI -------------------
+# --- fixtures: R-Tuning testbed data, the session's tiny base model, its probe through the CLI ------------------------
 
 @pytest.fixture(scope="module")
 def rt_data(tmp_path_factory):
@@ -34,13 +34,9 @@ def rt_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rt_base(rt_data, tmp_path_factory):
-    from posttrain.train import train
-
-    out = tmp_path_factory.mktemp("rtuning") / "base"
-    train("testbed/base.yaml", ["--dataset_path", str(rt_data), "--output_dir", str(out), *TINY_MODEL,
-                                "--max_steps", "30", "--logging_steps", "5"])
-    return out
+def rt_base(tiny_run):
+    """The session's tiny base model: `gen rtuning` keeps `gen kg`'s corpus (tested below), so it is the one to probe."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
