@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset, load_from_disk
 from scipy.stats import entropy
 
-from conftest import TINY_KG, TINY_MODEL, posttrain
+from conftest import TINY_KG, posttrain
 from posttrain import cli
 from posttrain.data_gen.kg import SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import hallucination, metrics
