@@ -60,13 +60,13 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         prompts, gold = list(ds["prompt"]), list(ds["completion"])
         correct = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
         refused = [metrics.is_refusal(a, refusals) for a in answers]
-        known = [e >= FREQUENT for e in ds["exposure"]] if "exposure" in ds.column_names else [False] * len(ds)
+        exposure = list(ds["exposure"]) if "exposure" in ds.column_names else [None] * len(ds)
+        known = [e is not None and e >= FREQUENT for e in exposure]
         conf = {k: v[start:start + len(ds)] for k, v in every.items()}
         start += len(ds)
         results[s] = split_metrics(correct, refused, known, conf)
         for key, values in (("correct", correct), ("refused", refused), ("known", known), *conf.items()):
             pooled[key] += values
-        exposure = list(ds["exposure"]) if "exposure" in ds.column_names else [None] * len(ds)
         for i, (p, g, a, c, f) in enumerate(zip(prompts, gold, answers, correct, refused)):
             samples.append({"split": s, "doc_id": i, "prompt": p, "target": g, "response": a, "exact_match": c,
                             "refused": f, "exposure": exposure[i],
