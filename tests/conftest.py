@@ -24,13 +24,18 @@ def posttrain(*args, check=False, cwd=None):
     return proc
 
 
-@pytest.fixture(scope="session")
-def tiny_kg(tmp_path_factory):
+def tiny_dataset(tmp_path_factory, generator: str) -> Path:
+    """``posttrain gen GENERATOR`` with the tiny knowledge graph's settings, in a fresh temp dir."""
     from posttrain.gen import gen
 
-    out = tmp_path_factory.mktemp("data") / "kg"
-    gen("kg", out, TINY_KG)
+    out = tmp_path_factory.mktemp("data") / generator
+    gen(generator, out, TINY_KG)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_kg(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory, "kg")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset, load_from_disk
 from scipy.stats import entropy
 
-from conftest import TINY_KG, posttrain
+from conftest import posttrain, tiny_dataset
 from posttrain import cli
 from posttrain.data_gen.kg import SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import hallucination, metrics
@@ -26,11 +26,7 @@ REFUSALS = ["I do not know the answer .", "Sorry , I do not know the answer ."]
 
 @pytest.fixture(scope="module")
 def rt_data(tmp_path_factory):
-    from posttrain.gen import gen
-
-    out = tmp_path_factory.mktemp("rtuning") / "data"
-    gen("rtuning", out, TINY_KG)
-    return out
+    return tiny_dataset(tmp_path_factory, "rtuning")
 
 
 @pytest.fixture(scope="module")
