@@ -67,10 +67,11 @@ def run_seed(seed: int, root: Path) -> dict:
     d = root / f"seed{seed}"
     data, base, probe = d / "data", d / "base", d / "probe"
     t = time.time()
-    posttrain("gen", "rtuning", "--out", data, "--seed", seed)
+    # a rerun replaces the previous run's outputs
+    posttrain("gen", "rtuning", "--out", data, "--seed", seed, "--overwrite_output_dir")
     posttrain("train", "testbed/base.yaml", "--dataset_path", data, "--output_dir", base, "--seed", seed,
-              "--logging_steps", "1000")
-    posttrain("probe", base, "--data", data, "--out", probe, "--seed", seed)
+              "--logging_steps", "1000", "--overwrite_output_dir", "true")
+    posttrain("probe", base, "--data", data, "--out", probe, "--seed", seed, "--overwrite_output_dir")
     print(f"seed {seed}: data, base model and probe in {time.time() - t:.0f}s", flush=True)
     results = {}
     for name, (recipe, overrides, suffix) in {"base": (None, [], False), **METHODS}.items():
@@ -79,10 +80,10 @@ def run_seed(seed: int, root: Path) -> dict:
         if recipe:
             run = d / name
             posttrain("train", recipe, "--model_name_or_path", base, "--dataset_path", probe, "--output_dir", run,
-                      "--seed", seed, *overrides)
+                      "--seed", seed, "--overwrite_output_dir", "true", *overrides)
         out = d / "eval" / name
         posttrain("eval", run, "--data", data, "--suite", "hallucination", "--splits", "test,ood", "--output", out,
-                  "--seed", seed)
+                  "--seed", seed, "--overwrite_output_dir")
         samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
         results[name] = {split: scores([s for s in samples if s["split"] == split], suffix)
                          for split in ("test", "ood")}

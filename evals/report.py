@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from posttrain.errors import UsageError
-from posttrain.runs import atomic_dir, git_hash, package_versions, write_json
+from posttrain.runs import atomic_dir, check_output, git_hash, package_versions, write_json
 
 # the few metrics per suite that fit one screen; the full set is in results.json and report.md
 SUMMARY = {
@@ -146,9 +146,11 @@ def _load(run: str) -> dict:
     raise UsageError(f"no eval results (results.json) in {run}")
 
 
-def compare(runs: list[str], output: str) -> str:
+def compare(runs: list[str], output: str, overwrite: bool = False) -> str:
     """``posttrain report``: several eval outputs side by side — one table per suite (a row per run and split, the
-    suite's summary metrics) and overlaid plots (forget vs retain, pass@k, reliability). Returns the tables."""
+    suite's summary metrics) and overlaid plots (forget vs retain, pass@k, reliability). Returns the tables. An
+    existing ``output`` is replaced only with ``overwrite``."""
+    check_output(output, overwrite)
     docs = {run: _load(run) for run in runs}
     by_suite: dict[str, dict[str, dict]] = {}
     for run, doc in docs.items():

@@ -15,6 +15,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"posttrain: error: {message} (see {self.prog} -h)\n")
 
 
+def _bool(value: str) -> bool:
+    """A flag's truth value as HF's argument parser reads it (true/false, yes/no, 1/0)."""
+    v = value.lower()
+    if v in ("true", "t", "yes", "y", "1"):
+        return True
+    if v in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
+
+def _overwrite(p: argparse.ArgumentParser) -> None:
+    """``--overwrite_output_dir`` (``[true|false]``): replace an existing output; without it one is refused, as
+    ``posttrain train`` refuses an existing ``output_dir``."""
+    p.add_argument("--overwrite_output_dir", nargs="?", const=True, default=False, type=_bool, metavar="BOOL",
+                   help="replace an existing output directory (otherwise an existing one is an error)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="posttrain", description=__doc__, allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
@@ -22,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                        allow_abbrev=False)
     g.add_argument("name")
     g.add_argument("--out", required=True)
+    _overwrite(g)
     t = sub.add_parser("train", help="train a recipe: posttrain train RECIPE [--key value ...]", allow_abbrev=False)
     t.add_argument("recipe")
     e = sub.add_parser("eval", help="evaluate a model or run directory", allow_abbrev=False)
@@ -44,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch_size", type=int, default=128)
     e.add_argument("--output", default=None, help="output directory (default: RUN/eval)")
+    _overwrite(e)
     pr = sub.add_parser("probe", help="label a fine-tuning set by what a model knows (R-Tuning's first step)",
                         allow_abbrev=False)
     pr.add_argument("model", help="model directory (the model R-Tuning will fine-tune)")
@@ -55,9 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--max_tokens", type=int, default=15)
     pr.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"])
     pr.add_argument("--seed", type=int, default=0)
+    _overwrite(pr)
     r = sub.add_parser("report", help="overlay several eval outputs in one table and plot", allow_abbrev=False)
     r.add_argument("runs", nargs="+", help="eval output directories (or run directories holding eval/)")
     r.add_argument("--output", required=True, help="directory for report.md and plots")
+    _overwrite(r)
     d = sub.add_parser("demo", help="gen -> base model -> eval on the embedded testbed", allow_abbrev=False)
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=0)
@@ -77,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "gen":
             from posttrain.gen import gen
 
-            print(gen(args.name, args.out, rest))
+            print(gen(args.name, args.out, rest, overwrite=args.overwrite_output_dir))
         elif args.command == "train":
             from posttrain.train import train
 
@@ -90,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.run, args.data, args.suite.split(","), args.splits.split(",") if args.splits else None,
                 args.limit, args.engine, args.output, args.batch_size, adapter=args.adapter,
                 reference=args.reference, retain_logs=args.retain_logs, refusals=args.refusal, n=args.n,
-                temperature=args.temperature, seed=args.seed, sure_question=args.sure_question)
+                temperature=args.temperature, seed=args.seed, sure_question=args.sure_question,
+                overwrite=args.overwrite_output_dir)
             print(summary(results))
             print(f"wrote {out}")
         elif args.command == "probe":
@@ -98,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(probe(args.model, args.data, args.out, args.splits.split(","), k=args.k,
                         temperature=args.temperature, max_tokens=args.max_tokens, engine=args.engine,
-                        seed=args.seed))
+                        seed=args.seed, overwrite=args.overwrite_output_dir))
         elif args.command == "report":
             from posttrain.evals.report import compare
 
-            print(compare(args.runs, args.output))
+            print(compare(args.runs, args.output, overwrite=args.overwrite_output_dir))
         elif args.command == "demo":
             from posttrain.demo import demo
 

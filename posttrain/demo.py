@@ -35,14 +35,16 @@ def expert_accuracy(data: Path, split: str = "seen", seed: int = 0) -> list[dict
 
 
 def demo(out: str = "runs/demo", seed: int = 0) -> dict:
+    """Gen, train and eval into ``out``; a rerun replaces the previous demo's outputs there."""
     out = Path(out)
     t0 = time.time()
-    data = gen("kg", out / "data", ["--seed", str(seed)])
+    data = gen("kg", out / "data", ["--seed", str(seed)], overwrite=True)
     t1 = time.time()
     run = train("testbed/base.yaml", ["--dataset_path", str(data), "--output_dir", str(out / "base"),
-                                      "--seed", str(seed), "--logging_steps", "250"], command=["posttrain", "demo"])
+                                      "--seed", str(seed), "--logging_steps", "250", "--overwrite_output_dir", "true"],
+                command=["posttrain", "demo"])
     t2 = time.time()
-    _, results, samples = run_eval(str(run), str(data))
+    _, results, samples = run_eval(str(run), str(data), overwrite=True)
     results = results["qa"]
     t3 = time.time()
     seen_ok = [s["exact_match"] for s in samples["qa"] if s["split"] == "seen"]

@@ -19,7 +19,7 @@ from posttrain.data_gen.kg import SURE_QUESTION
 from posttrain.errors import UsageError
 from posttrain.evals import flips, forgetting, hallucination, metrics, qa, reasoning, report
 from posttrain.evals.engines import Served, make_engine, vllm_available
-from posttrain.runs import atomic_dir
+from posttrain.runs import atomic_dir, check_output
 from posttrain.train import load_data, split
 
 SUITES = {"qa": qa, "hallucination": hallucination, "forgetting": forgetting, "flips": flips,
@@ -118,9 +118,10 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
              limit: int | None = None, engine: str = "auto", output: str | None = None, batch_size: int = 128,
              adapter: str | None = None, reference: str | None = None, retain_logs: str | None = None,
              refusals: list[str] | None = None, n: int = 8, temperature: float = 0.7, seed: int = 0,
-             sure_question: str | None = None, progress: bool = True) -> tuple[Path, dict, dict]:
+             sure_question: str | None = None, progress: bool = True,
+             overwrite: bool = False) -> tuple[Path, dict, dict]:
     """Evaluate a model (or LoRA run) on ``suites`` x ``splits`` with one engine; returns the output directory and
-    the results and samples per suite (as written there)."""
+    the results and samples per suite (as written there). An existing output is replaced only with ``overwrite``."""
     for suite in suites:
         if suite not in SUITES:
             raise UsageError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
@@ -148,6 +149,7 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
                 raise UsageError(f"split {s!r} is empty")
         chosen[suite] = names
     out = Path(output or Path(model) / "eval")
+    check_output(out, overwrite)
     start = time.time()
     engines = engines_for(engine, [target, *([ref] if ref else [])], batch_size, seed, progress)
     served = Served(engines[target.model], target.adapter)

@@ -12,7 +12,7 @@ from datasets import DatasetDict
 from transformers import HfArgumentParser
 
 from posttrain.errors import UsageError
-from posttrain.runs import atomic_dir, write_json
+from posttrain.runs import atomic_dir, check_output, write_json
 
 GENERATORS = {"kg": "posttrain.data_gen.kg", "reasoning": "posttrain.data_gen.reasoning",
               "rtuning": "posttrain.data_gen.rtuning"}
@@ -49,8 +49,10 @@ def manifest(name: str, cfg, dd: DatasetDict) -> dict:
             "num_rows": {k: len(v) for k, v in dd.items()}}
 
 
-def gen(name: str, out: str | Path, args: list[str] = ()) -> Path:
+def gen(name: str, out: str | Path, args: list[str] = (), overwrite: bool = False) -> Path:
+    """Generate dataset ``name`` into ``out`` (an existing one is replaced only with ``overwrite``)."""
     mod, cfg = parse_config(name, list(args))
+    check_output(out, overwrite)
     dd = mod.generate(cfg)
     with atomic_dir(out) as tmp:
         dd.save_to_disk(str(tmp))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
@@ -22,16 +22,26 @@ def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     Every sequence starts with ``<s>`` (added by the post-processor, so prompts at training and at inference are
     encoded alike); TRL's SFT appends ``</s>`` to completions. Words are sorted, so the vocabulary depends only on
     the set of words, not on their order.
+
+    Decoding puts the spaces back: each word comes with the space before it, so ids decode to their words joined by
+    single spaces (after one leading space: ``" Question: Where was P1 born ? Answer: C2 ."``), text decoded from
+    ids encodes back to them, and a continuation decoded on its own reads right after its prompt (``prompt +
+    decode(new_ids)`` = ``"... Answer: C2 ."``), as ``generate``, the text-generation pipeline and vLLM put them
+    together. The model is a BPE without merges that looks whole words up first (``ignore_merges``) — word-level
+    for every known word; an unknown one falls back to its characters, each ``<unk>`` unless it is a word itself
+    — rather than tokenizers' ``WordLevel``: transformers' text-generation pipeline forces its clean-up
+    (``" ."`` -> ``"."``) on every tokenizer but BPE, and glued punctuation is not a word the model knows.
     """
     specials = list(SPECIAL_TOKENS.values())
     words = sorted({w for t in texts for w in t.split()} - set(specials))
     vocab = {tok: i for i, tok in enumerate(specials + words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", fuse_unk=True, ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    tok.decoder = decoders.Replace(Regex("^(?!<s>$)"), " ")  # a space before every token but BOS
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **SPECIAL_TOKENS)
 
 
 def scratch_llama(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
-from posttrain.runs import atomic_dir, write_json
+from posttrain.runs import atomic_dir, check_output, write_json
 from posttrain.train import load_data, split
 
 COLUMNS = ("prompt", "completion")
@@ -58,11 +58,12 @@ def probed_model(ds) -> str | None:
 
 def probe(model: str, data: str, out: str, splits: list[str] = ("train",), k: int = 5, temperature: float = 0.7,
           max_tokens: int = 15, engine: str = "auto", seed: int = 0, batch_size: int = 128,
-          progress: bool = True) -> Path:
+          progress: bool = True, overwrite: bool = False) -> Path:
     from datasets import DatasetDict
 
     from posttrain.evaluate import engines_for, resolve
 
+    check_output(out, overwrite)
     if k < 2:
         raise UsageError("--k must be at least 2 (the entropy of one sample is always 0)")
     if temperature <= 0:

@@ -7,6 +7,7 @@ override its keys (``--learning_rate 1e-4``), as in TRL's own scripts. Unknown k
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -67,23 +68,36 @@ def parse(path: str, overrides: list[str] = ()) -> Recipe:
         raise UsageError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"recipe {path} must be a YAML mapping of keys to values")
-    method = raw.get("method", "sft")
     overrides = list(overrides)
-    if "--method" in overrides:
-        i = overrides.index("--method")
-        method = overrides[i + 1] if i + 1 < len(overrides) else method
+    method = _method_flag(overrides) or raw.get("method", "sft")
     try:
         config_cls, _, _ = get_method(method)
     except KeyError as e:
         raise UsageError(e.args[0]) from None
-    parser = TrlParser([config_cls, ModelConfig, DataArguments, ScratchArguments])
+    # no abbreviated flags: `--meth x` would set the method without choosing its config (and a typo is an error)
+    parser = TrlParser([config_cls, ModelConfig, DataArguments, ScratchArguments], allow_abbrev=False,
+                       exit_on_error=False)
     try:
         train, model, data, scratch = parser.parse_args_and_config(["--config", str(p), *overrides])
-    except ValueError as e:
+    except (ValueError, argparse.ArgumentError) as e:
         raise UsageError(f"recipe {path}: {_first_line(e)}") from None
+    if data.method != method:  # the parser read the method some way _method_flag did not
+        raise UsageError(f"recipe {path}: method {data.method!r} was given in a form posttrain cannot read; "
+                         "give it as --method NAME")
     if not model.model_name_or_path and not scratch.from_scratch:
         raise UsageError(f"recipe {path}: set model_name_or_path, or from_scratch: true for the testbed model")
     return Recipe(method=method, train=train, model=model, data=data, scratch=scratch, path=str(p))
+
+
+def _method_flag(overrides: list[str]) -> str | None:
+    """``--method`` among the flags, read as the full parser reads it (``--method x``, ``--method=x``; the last
+    one wins), so that the config class it needs is chosen before that parser is built."""
+    flag = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    flag.add_argument("--method")
+    try:
+        return flag.parse_known_args(overrides)[0].method
+    except argparse.ArgumentError:  # `--method` without a value: the full parser reports it
+        return None
 
 
 def _first_line(e: Exception) -> str:

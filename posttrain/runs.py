@@ -12,13 +12,28 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from posttrain.errors import UsageError
+
 PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "vllm")
+OVERWRITE = "--overwrite_output_dir"  # the flag (HF's name) that lets a command replace an existing output
+
+
+def check_output(final: str | Path, overwrite: bool = False) -> None:
+    """Refuse an existing output (a non-empty directory, or a file) unless ``overwrite``: called by every command
+    before it does any work, so that a refusal leaves everything as it was. An empty directory is simply used."""
+    final = Path(final)
+    if overwrite or not (final.exists() or final.is_symlink()):
+        return
+    if final.is_dir() and not final.is_symlink() and not any(final.iterdir()):
+        return
+    raise UsageError(f"output directory {final} already exists; give {OVERWRITE} to replace it")
 
 
 @contextmanager
 def atomic_dir(final: str | Path, tmp_name: str | None = None, main: bool = True):
     """Yield a temporary directory beside ``final``; on success it replaces ``final`` (an existing one is swapped
     out and deleted), on any exception it is removed, so ``final`` is either the old one or the complete new one.
+    Whether an existing ``final`` may be replaced is the caller's decision, made earlier (``check_output``).
 
     In a distributed run every process passes the same ``tmp_name`` and only the main process (``main``) clears,
     renames and cleans up.
@@ -41,7 +56,10 @@ def atomic_dir(final: str | Path, tmp_name: str | None = None, main: bool = True
     if final.exists():
         final.rename(old)
     tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists() or old.is_symlink():
+        old.unlink()
 
 
 def write_json(path: str | Path, obj) -> None:

@@ -12,9 +12,9 @@ from datasets import DatasetDict, load_from_disk
 from trl import get_peft_config
 
 from posttrain import modeling
-from posttrain.errors import UsageError
+from posttrain.errors import ConfigError, UsageError
 from posttrain.recipe import Recipe, parse
-from posttrain.runs import atomic_dir, run_info, write_json
+from posttrain.runs import atomic_dir, check_output, run_info, write_json
 from posttrain.trainers import get_method
 
 
@@ -53,6 +53,7 @@ def build_model(recipe: Recipe, dd: DatasetDict):
 def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None = None) -> Path:
     start = time.time()
     recipe = parse(recipe_path, overrides)
+    check_output(recipe.train.output_dir, recipe.train.overwrite_output_dir)
     _, trainer_cls, columns = get_method(recipe.method)
     dd = load_data(recipe.data.dataset_path)
     train_ds = split(dd, recipe.data.dataset_train_split, columns).select_columns(list(columns))
@@ -67,8 +68,8 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
         try:
             trainer = trainer_cls(model=model, args=recipe.train, train_dataset=train_ds, eval_dataset=eval_ds,
                                   processing_class=tok, peft_config=get_peft_config(recipe.model))
-        except ValueError as e:  # a trainer rejecting settings that would misapply its method
-            raise UsageError(f"{recipe.method}: {str(e).strip().splitlines()[0]}") from None
+        except ConfigError as e:  # the trainer's own check; any other error is a bug and keeps its traceback
+            raise ConfigError(f"{recipe.method}: {str(e).strip().splitlines()[0]}") from None
         result = trainer.train()
         trainer.save_model(str(tmp))
         recipe.train.output_dir = str(final)

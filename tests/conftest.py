@@ -24,6 +24,20 @@ def posttrain(*args, check=False, cwd=None):
     return proc
 
 
+def cli(capsys, *args) -> subprocess.CompletedProcess:
+    """``posttrain ARGS`` in this process (``posttrain.cli.main``), as ``posttrain(...)`` returns it: the exit code
+    (2 for bad input, from a ``UsageError`` or the argument parser) and what went to stdout and stderr."""
+    from posttrain.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["posttrain", *map(str, args)], code, out.out, out.err)
+
+
 def tiny_dataset(tmp_path_factory, generator: str) -> Path:
     """``posttrain gen GENERATOR`` with the tiny knowledge graph's settings, in a fresh temp dir."""
     from posttrain.gen import gen
@@ -51,10 +65,12 @@ def tiny_run(tiny_kg, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_lora(tiny_run, tiny_kg, tmp_path_factory):
-    """A LoRA adapter (rank 4 on q/v) trained for a few steps on top of ``tiny_run``, in a subprocess."""
+    """A LoRA adapter (rank 4 on q/v) trained for a few steps on top of ``tiny_run``."""
+    from posttrain.train import train
+
     out = tmp_path_factory.mktemp("lora") / "run"
-    posttrain("train", "recipes/testbed/base.yaml", "--from_scratch", "false", "--model_name_or_path", tiny_run,
-              "--dataset_path", tiny_kg, "--output_dir", out, "--use_peft", "true", "--lora_r", "4",
-              "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "5", "--learning_rate", "5e-2",
-              check=True, cwd=ROOT)
+    train(str(ROOT / "recipes/testbed/base.yaml"), [
+        "--from_scratch", "false", "--model_name_or_path", str(tiny_run), "--dataset_path", str(tiny_kg),
+        "--output_dir", str(out), "--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
+        "--max_steps", "5", "--learning_rate", "5e-2"])
     return out

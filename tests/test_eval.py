@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import posttrain
+from conftest import cli
 from posttrain.evals import metrics
 from posttrain.evals.engines import HFEngine
 
@@ -55,10 +55,28 @@ def test_hf_engine_batched_greedy_equals_one_by_one(tiny_run):
                                                                            max_tokens=8, seed=1)
 
 
-def test_eval_cli_writes_results_and_report(tiny_run, tiny_kg, tmp_path):
+def test_hf_engine_reads_a_tokenizer_saved_without_a_decoder_alike(tiny_run, tmp_path):
+    """Testbed models saved before the tokenizer had a decoder (tokenizers' WordLevel, words joined by spaces) give
+    the same answers: the engines strip what they decode."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    spec = json.loads((old / "tokenizer.json").read_text())
+    spec["decoder"] = None
+    spec["model"] = {"type": "WordLevel", "vocab": spec["model"]["vocab"], "unk_token": "<unk>"}
+    (old / "tokenizer.json").write_text(json.dumps(spec))
+    prompts = [f"Question: Where was P{i} born ? Answer:" for i in range(8)]
+    new_eng, old_eng = HFEngine(str(tiny_run)), HFEngine(str(old))
+    assert old_eng.tok.decode(old_eng.tok(prompts[0])["input_ids"], skip_special_tokens=True) == prompts[0]
+    assert old_eng.generate(prompts, max_tokens=6) == new_eng.generate(prompts, max_tokens=6)
+
+
+def test_eval_cli_writes_results_and_report(capsys, tiny_run, tiny_kg, tmp_path):
     out = tmp_path / "eval"
-    proc = posttrain("eval", tiny_run, "--data", tiny_kg, "--splits", "seen,unseen", "--output", out, "--engine", "hf",
-                     check=True)
+    proc = cli(capsys, "eval", tiny_run, "--data", tiny_kg, "--splits", "seen,unseen", "--output", out, "--engine",
+               "hf")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| seen |" in proc.stdout
     res = json.loads((out / "results.json").read_text())
     assert set(res["results"]) == {"qa/seen", "qa/unseen"} and res["n-samples"]["qa/seen"] > 0
@@ -79,17 +97,17 @@ def test_eval_cli_writes_results_and_report(tiny_run, tiny_kg, tmp_path):
     (["--suite", "nope"], "unknown suite"),
     (["--limit", "0"], "--limit"),
 ])
-def test_eval_bad_input_exits_2(tiny_run, tiny_kg, tmp_path, args, message):
+def test_eval_bad_input_exits_2(capsys, tiny_run, tiny_kg, tmp_path, args, message):
     out = tmp_path / "eval"
-    proc = posttrain("eval", tiny_run, "--data", tiny_kg, "--output", out, *args)
+    proc = cli(capsys, "eval", tiny_run, "--data", tiny_kg, "--output", out, *args)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 
-def test_eval_missing_model_or_data_exits_2(tiny_run, tmp_path):
-    assert "neither a model directory" in posttrain("eval", tmp_path, "--data", tmp_path).stderr
-    assert "model not found" in posttrain("eval", tmp_path / "none", "--data", tmp_path).stderr
-    proc = posttrain("eval", tiny_run, "--data", tmp_path / "none")
+def test_eval_missing_model_or_data_exits_2(capsys, tiny_run, tmp_path):
+    assert "neither a model directory" in cli(capsys, "eval", tmp_path, "--data", tmp_path).stderr
+    assert "model not found" in cli(capsys, "eval", tmp_path / "none", "--data", tmp_path).stderr
+    proc = cli(capsys, "eval", tiny_run, "--data", tmp_path / "none")
     assert proc.returncode == 2 and "dataset directory not found" in proc.stderr
 
 
@@ -97,11 +115,11 @@ def test_eval_missing_model_or_data_exits_2(tiny_run, tmp_path):
     (lambda ds: ds.filter(lambda r: False), "split 'seen' is empty"),
     (lambda ds: ds.remove_columns("completion"), "split 'seen' lacks column(s) completion"),
 ])
-def test_eval_empty_split_or_missing_column_exits_2(tiny_run, tiny_kg, tmp_path, change, message):
+def test_eval_empty_split_or_missing_column_exits_2(capsys, tiny_run, tiny_kg, tmp_path, change, message):
     from datasets import load_from_disk
 
     dd = load_from_disk(str(tiny_kg))
     dd["seen"] = change(dd["seen"])
     dd.save_to_disk(str(tmp_path / "data"))
-    proc = posttrain("eval", tiny_run, "--data", tmp_path / "data", "--splits", "seen", "--output", tmp_path / "e")
+    proc = cli(capsys, "eval", tiny_run, "--data", tmp_path / "data", "--splits", "seen", "--output", tmp_path / "e")
     assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "e").exists()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import posttrain
+from conftest import cli, posttrain
 from posttrain.modeling import build_word_tokenizer, scratch_llama
 
 
@@ -21,6 +21,7 @@ def _results(out):
     return json.loads((out / "results.json").read_text())["results"]
 
 
+@pytest.mark.slow
 def test_a_lora_run_is_evaluated_on_its_base_with_flips_against_the_base(tiny_lora, tiny_run, tiny_kg, tmp_path):
     """The default engine (vLLM here) serves the adapter and the reference base model from one engine."""
     out = tmp_path / "eval"
@@ -39,6 +40,7 @@ def test_a_lora_run_is_evaluated_on_its_base_with_flips_against_the_base(tiny_lo
     assert flips["reference_exact_match"] == pytest.approx(_results(base)["qa/seen"]["exact_match"])
 
 
+@pytest.mark.slow
 def test_adapter_flag_equals_evaluating_the_lora_run(tiny_lora, tiny_run, tiny_kg, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     common = ["--data", tiny_kg, "--splits", "seen", "--limit", "16", "--engine", "hf"]
@@ -47,6 +49,7 @@ def test_adapter_flag_equals_evaluating_the_lora_run(tiny_lora, tiny_run, tiny_k
     assert _results(a) == _results(b)
 
 
+@pytest.mark.slow
 def test_forget_quality_against_retain_logs(tiny_run, tiny_kg, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     common = ["--data", tiny_kg, "--suite", "forgetting", "--splits", "forget,retain", "--engine", "hf"]
@@ -72,7 +75,7 @@ def test_forget_quality_against_retain_logs(tiny_run, tiny_kg, tmp_path):
     ("bad_retain_logs", "retain logs not found"),
     ("bad_engine", "invalid choice"),
 ])
-def test_bad_targets_exit_2_and_write_nothing(case, message, tiny_run, tiny_lora, tiny_kg, tmp_path):
+def test_bad_targets_exit_2_and_write_nothing(capsys, case, message, tiny_run, tiny_lora, tiny_kg, tmp_path):
     args = {
         "wrong_base": lambda: [_scratch(tmp_path / "m", ["a b c"], hidden=256), "--adapter", tiny_lora],
         "not_adapter": lambda: [tiny_run, "--adapter", tmp_path],
@@ -83,11 +86,11 @@ def test_bad_targets_exit_2_and_write_nothing(case, message, tiny_run, tiny_lora
         "bad_engine": lambda: [tiny_run, "--engine", "nope"],
     }[case]()
     out = tmp_path / "out"
-    proc = posttrain("eval", *args, "--data", tiny_kg, "--output", out)
+    proc = cli(capsys, "eval", *args, "--data", tiny_kg, "--output", out)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 
-def test_report_of_a_missing_eval_exits_2(tmp_path):
-    proc = posttrain("report", tmp_path, "--output", tmp_path / "r")
+def test_report_of_a_missing_eval_exits_2(capsys, tmp_path):
+    proc = cli(capsys, "report", tmp_path, "--output", tmp_path / "r")
     assert proc.returncode == 2 and "no eval results" in proc.stderr and not (tmp_path / "r").exists()

@@ -122,6 +122,7 @@ def test_bad_retain_logs_fail_before_any_model_work(tmp_path):
         assert eng.calls == []
 
 
+@pytest.mark.slow
 def test_tiny_model_knows_its_training_facts_and_matches_itself_as_retain_reference(tiny_run, tiny_kg, tmp_path):
     from posttrain.evals.engines import HFEngine
 

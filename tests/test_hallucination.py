@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import posttrain
+from conftest import cli
 from posttrain.evals import hallucination, metrics
 from posttrain.evals.engines import HFEngine
 
@@ -31,10 +31,11 @@ def test_answer_confidence_from_engine_scores_equals_the_generation_time_max_pro
     assert all(0.0 <= x <= 1.0 for k in hallucination.CONFIDENCES for x in conf[k])
 
 
-def test_eval_runs_several_suites_with_one_engine(tiny_run, tiny_kg, tmp_path):
+def test_eval_runs_several_suites_with_one_engine(capsys, tiny_run, tiny_kg, tmp_path):
     out = tmp_path / "eval"
-    proc = posttrain("eval", tiny_run, "--data", tiny_kg, "--suite", "qa,hallucination", "--splits", "seen,unseen",
-                     "--output", out, "--engine", "hf", check=True)
+    proc = cli(capsys, "eval", tiny_run, "--data", tiny_kg, "--suite", "qa,hallucination", "--splits", "seen,unseen",
+               "--output", out, "--engine", "hf")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "hallucination:" in proc.stdout and "ap_sure" in proc.stdout
     res = json.loads((out / "results.json").read_text())
     assert {"qa/seen", "qa/unseen", "hallucination/seen", "hallucination/unseen", "hallucination/all"} == set(

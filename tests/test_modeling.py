@@ -12,8 +12,42 @@ def test_word_tokenizer_adds_bos_and_splits_eos_off_the_last_word():
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert ids[-1] == tok.eos_token_id and ids[-2] == tok.convert_tokens_to_ids(".")
     assert tok.unk_token_id not in ids
-    assert tok.decode(ids, skip_special_tokens=True) == "Question: Where was P1 born ? Answer: C2 ."
+    assert tok.decode(ids, skip_special_tokens=True) == " Question: Where was P1 born ? Answer: C2 ."
     assert tok("P9 unknownword")["input_ids"][1:] == [tok.unk_token_id] * 2
+
+
+def test_decoding_puts_single_spaces_between_words_and_before_a_continuation(tmp_path):
+    """Every word decodes with the space before it: text decoded from ids encodes back to them, and a continuation
+    decoded on its own reads right after its prompt — also with the clean-up the text-generation pipeline forces."""
+    tok = modeling.build_word_tokenizer(TEXTS)
+    tok.save_pretrained(tmp_path)
+    tok = modeling.load_tokenizer(str(tmp_path))  # as a user loads it
+    text = "Question: Where was P1 born ? Answer: C2 ."
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == "<s> " + text and tok.decode(ids, skip_special_tokens=True) == " " + text
+    assert tok(tok.decode(ids, skip_special_tokens=True))["input_ids"] == ids
+    n = len(tok(TEXTS[0])["input_ids"])
+    for clean_up in (None, False, True):
+        assert tok.decode(ids[n:], skip_special_tokens=True, clean_up_tokenization_spaces=clean_up) == " C2 ."
+    assert TEXTS[0] + tok.decode(ids[n:]) == text
+    assert tok.decode(tok("P1   born\tin\n C2")["input_ids"], skip_special_tokens=True) == " P1 born in C2"
+
+
+def test_text_generation_pipeline_reads_words_separated_by_single_spaces(tiny_run):
+    """A user's own `pipeline("text-generation", model=RUN)` (which decodes the new tokens on their own, with
+    clean-up on) prints the prompt, one space, and the generated words separated by single spaces."""
+    from transformers import pipeline
+
+    prompt = "Question: Where was P7 born ? Answer:"
+    pipe = pipeline("text-generation", model=str(tiny_run))
+    text = pipe(prompt, max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    tok = pipe.tokenizer
+    enc = tok(prompt, return_tensors="pt")
+    new = pipe.model.generate(**enc, max_new_tokens=4, do_sample=False)[0, enc["input_ids"].shape[1]:]
+    words = [w for w in tok.convert_ids_to_tokens(new.tolist()) if w not in tok.all_special_tokens]
+    assert words and text == prompt + "".join(" " + w for w in words)
+    assert "  " not in text and tok(text)["input_ids"][:len(enc["input_ids"][0]) + len(words)] == (
+        enc["input_ids"][0].tolist() + tok.convert_tokens_to_ids(words))
 
 
 def test_trl_sft_sequences_have_one_bos_and_end_with_eos(tmp_path):
@@ -28,7 +62,7 @@ def test_trl_sft_sequences_have_one_bos_and_end_with_eos(tmp_path):
     ids, labels = row["input_ids"], row["labels"]
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1 and ids[-1] == tok.eos_token_id
     # the loss covers the completion and its EOS, not the prompt
-    assert tok.decode([t for t in labels if t != -100]) == "C2 . </s>"
+    assert tok.decode([t for t in labels if t != -100]) == " C2 . </s>"
     assert not args.bf16 and not args.gradient_checkpointing  # CPU: fp32, no checkpointing
 
 

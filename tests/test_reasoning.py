@@ -112,6 +112,7 @@ def test_pass_at_k_matches_brute_force_over_k_subsets():
     assert strict["y"]["pass@5"] == 0.0
 
 
+@pytest.mark.slow
 def test_gen_train_and_evaluate_end_to_end(tmp_path):
     from posttrain.evals.engines import HFEngine
     from posttrain.train import train

@@ -2,6 +2,7 @@ import pytest
 
 from posttrain.errors import UsageError
 from posttrain.recipe import parse
+from posttrain.trainers.rtuning import RTuningConfig
 from posttrain.trainers.sft import SFTConfig
 
 
@@ -38,3 +39,27 @@ def test_bad_recipes_are_usage_errors(tmp_path, yaml_text, message):
 def test_unknown_flag_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown flags.*--no_such_flag"):
         parse("recipes/testbed/base.yaml", ["--no_such_flag", "1"])
+
+
+@pytest.mark.parametrize("flags", [["--method", "rtuning"], ["--method=rtuning"], ["--method=sft", "--method", "rtuning"],
+                                   ["--learning_rate", "1e-4", "--method=rtuning", "--split", "entropy"]])
+def test_every_spelling_of_the_method_flag_selects_the_method_and_its_config(flags):
+    r = parse("recipes/testbed/base.yaml", flags)
+    assert r.method == r.data.method == "rtuning" and isinstance(r.train, RTuningConfig)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--meth", "rtuning"], "unknown flags.*--meth"),  # no abbreviations: they would pick a method but not its config
+    (["--learning_rat", "1e-4"], "unknown flags.*--learning_rat"),
+    (["--method"], "--method: expected one argument"),
+    (["--method=nope"], "unknown method 'nope'"),
+])
+def test_abbreviated_or_incomplete_flags_are_usage_errors(flags, message):
+    with pytest.raises(UsageError, match=message):
+        parse("recipes/testbed/base.yaml", flags)
+
+
+def test_overwrite_output_dir_is_a_train_setting_off_by_default():
+    assert parse("recipes/testbed/base.yaml").train.overwrite_output_dir is False
+    assert parse("recipes/testbed/base.yaml", ["--overwrite_output_dir", "true"]).train.overwrite_output_dir is True
+    assert parse("recipes/testbed/base.yaml", ["--overwrite_output_dir"]).train.overwrite_output_dir is True

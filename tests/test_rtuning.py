@@ -2,8 +2,12 @@
 the refusal-aware data, training through the recipe and its rejections, and the AP confidences from the HF and
 vLLM engines against a direct HF computation."""
 
+import contextlib
+import io
 import json
 import math
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -37,11 +41,17 @@ def rt_base(tiny_run):
 
 @pytest.fixture(scope="module")
 def probed(rt_base, rt_data):
-    """`posttrain probe` in a subprocess, the model given relative to the working directory."""
+    """`posttrain probe` (the CLI, in this process), the model given relative to the working directory."""
     out = rt_base.parent / "probed"
-    proc = posttrain("probe", rt_base.name, "--data", rt_data, "--out", out, "--engine", "hf", "--max_tokens", "8",
-                     check=True, cwd=rt_base.parent)
-    return out, proc
+    args = ["probe", rt_base.name, "--data", str(rt_data), "--out", str(out), "--engine", "hf", "--max_tokens", "8"]
+    cwd, stdout = os.getcwd(), io.StringIO()
+    try:
+        os.chdir(rt_base.parent)
+        with contextlib.redirect_stdout(stdout):
+            assert cli.main(args) == 0
+    finally:
+        os.chdir(cwd)
+    return out, subprocess.CompletedProcess(["posttrain", *args], 0, stdout.getvalue(), "")
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +264,7 @@ def test_invalid_variant_in_the_recipe_exits_2(capsys, rt_base, tmp_path):
 
 # --- 3. training ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_rtuning_recipe_trains_a_few_steps(probed, rt_base, tmp_path):
     out = tmp_path / "run"
     posttrain("train", "rtuning/testbed.yaml", "--model_name_or_path", rt_base, "--dataset_path", probed[0],
@@ -301,6 +312,7 @@ def test_trainer_checks_the_columns_and_max_length_at_the_boundary(probed, rt_ba
         trainer(ds, max_length=longest - 1)
 
 
+@pytest.mark.slow
 def test_suffix_training_makes_p_sure_track_what_the_model_knew(probed, rt_base, tmp_path):
     """After R-Tuning (suffix) on the probed questions, p(sure) on them separates the items the base model
     answered right from the ones it did not; the base model itself does not separate them."""
@@ -349,6 +361,7 @@ def _direct_confidences(model_dir, prompts, answers):
     return {"answer": answer, "sure": sure, "mean": [(x + y) / 2 for x, y in zip(answer, sure)]}
 
 
+@pytest.mark.slow
 def test_confidences_and_ap_from_hf_and_vllm_equal_a_direct_hf_computation(probed, rt_base, tmp_path_factory):
     """Runs last in this file: vLLM in-process seeds the global RNG and binds threads."""
     from posttrain.evals.engines import VLLMEngine

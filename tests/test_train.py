@@ -7,7 +7,9 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY_MODEL, posttrain
+from posttrain.errors import ConfigError
+
+from conftest import ROOT, TINY_MODEL, cli
 
 
 def test_sft_steps_lower_the_loss_and_write_a_complete_run(tiny_run):
@@ -29,19 +31,62 @@ def _recipe(tmp_path, **extra):
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "missing_data", "unknown_method", "unknown_split"])
-def test_bad_input_exits_2_with_one_line_and_no_run_dir(tmp_path, tiny_kg, case):
+def test_bad_input_exits_2_with_one_line_and_no_run_dir(capsys, tmp_path, tiny_kg, case):
     out = tmp_path / "run"
     args = {"unknown_key": [_recipe(tmp_path, dataset_path=str(tiny_kg), bogus_key=1)],
             "missing_data": [_recipe(tmp_path, dataset_path=str(tmp_path / "nowhere"))],
             "unknown_method": [_recipe(tmp_path, dataset_path=str(tiny_kg), method="nope")],
             "unknown_split": [_recipe(tmp_path, dataset_path=str(tiny_kg), dataset_train_split="nope")]}[case]
-    proc = posttrain("train", *args, "--output_dir", out)
+    proc = cli(capsys, "train", *args, "--output_dir", out)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("posttrain: error:"), proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".run*"))
 
 
+def _train_args(tiny_kg, out, *extra):
+    return ["train", "testbed/base.yaml", "--dataset_path", tiny_kg, "--output_dir", out, *TINY_MODEL,
+            "--max_steps", "1", "--report_to", "none", *extra]
+
+
+def test_an_existing_output_dir_is_refused_unless_overwrite_output_dir(capsys, tmp_path, tiny_kg):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = cli(capsys, *_train_args(tiny_kg, out))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"posttrain: error: output directory {out} already exists; give --overwrite_output_dir to replace it"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run"] and (out / "keep.txt").read_text() == "mine"
+    proc = cli(capsys, *_train_args(tiny_kg, out, "--overwrite_output_dir", "true"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (out / "keep.txt").exists() and (out / "run.json").is_file()
+    assert json.loads((out / "run.json").read_text())["config"]["overwrite_output_dir"] is True
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+@pytest.mark.parametrize("error, code", [(ValueError, None), (ConfigError, 2)])
+def test_only_a_trainer_config_error_is_bad_input(monkeypatch, capsys, tmp_path, tiny_kg, error, code):
+    """A ValueError raised inside TRL (here: its dataset tokenisation) is a bug: it keeps its traceback instead of
+    becoming a one-line 'bad input'; a trainer's own ConfigError is one line and exit 2."""
+    import trl
+
+    def broken(self, *args, **kwargs):
+        raise error("tokenization went wrong")
+
+    monkeypatch.setattr(trl.SFTTrainer, "_prepare_dataset", broken)
+    out = tmp_path / "run"
+    if code is None:
+        with pytest.raises(ValueError, match="tokenization went wrong") as info:
+            cli(capsys, *_train_args(tiny_kg, out))
+        assert type(info.value) is ValueError and any(entry.name == "broken" for entry in info.traceback)
+    else:
+        proc = cli(capsys, *_train_args(tiny_kg, out))
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            "posttrain: error: sft: tokenization went wrong"]
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
 def test_accelerate_launch_runs_the_same_command(tmp_path, tiny_kg):
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true"}

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
+from posttrain.errors import ConfigError
 from posttrain.probe import probed_model
 from posttrain.trainers.sft import SFTConfig, SFTTrainer
 
@@ -66,13 +67,13 @@ class RTuningConfig(SFTConfig):
 
     def __post_init__(self):
         if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+            raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.variant == "refusal" and not [r for r in self.refusals if r.strip()]:
-            raise ValueError("variant 'refusal' needs at least one non-empty refusal")
+            raise ConfigError("variant 'refusal' needs at least one non-empty refusal")
         if self.variant == "suffix" and self.sure.strip() == self.unsure.strip():
-            raise ValueError("sure and unsure must differ")
+            raise ConfigError("sure and unsure must differ")
         super().__post_init__()
 
 
@@ -112,14 +113,14 @@ class RTuningTrainer(SFTTrainer):
     def __init__(self, model, args: RTuningConfig, train_dataset: Dataset, eval_dataset: Dataset | None = None,
                  processing_class=None, **kwargs):
         if not isinstance(args, RTuningConfig):
-            raise ValueError("RTuningTrainer needs an RTuningConfig")
+            raise ConfigError("RTuningTrainer needs an RTuningConfig")
         need = SPLITS[args.split]
         if need not in train_dataset.column_names:
-            raise ValueError(f"the training set has no {need!r} column: label it first with `posttrain probe`")
+            raise ConfigError(f"the training set has no {need!r} column: label it first with `posttrain probe`")
         name = model if isinstance(model, str) else getattr(model, "name_or_path", "")
         probed = probed_model(train_dataset)
         if probed is not None and not _same_model(probed, name):
-            raise ValueError(f"the training set was probed on {probed}, but the model being tuned is "
+            raise ConfigError(f"the training set was probed on {probed}, but the model being tuned is "
                              f"{name or 'a new, untrained model'}: R-Tuning splits the data by the tuned model's "
                              "own knowledge, so probe this model")
         train_dataset = build(train_dataset, args).remove_columns("certain")
@@ -129,7 +130,7 @@ class RTuningTrainer(SFTTrainer):
             longest = max(len(processing_class(p + c)["input_ids"]) + 1  # + EOS
                           for p, c in zip(train_dataset["prompt"], train_dataset["completion"]))
             if longest > args.max_length:
-                raise ValueError(f"max_length {args.max_length} would cut the certainty phrase or refusal off the "
+                raise ConfigError(f"max_length {args.max_length} would cut the certainty phrase or refusal off the "
                                  f"longest example ({longest} tokens)")
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)

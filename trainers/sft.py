@@ -30,6 +30,9 @@ class SFTConfig(trl.SFTConfig):
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 mixed precision; default: on for a CUDA device that supports it."}
     )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace an existing output_dir (posttrain train refuses one otherwise)."}
+    )
 
     def __post_init__(self):
         if self.bf16 is None:
