@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from posttrain.data import load_data, split
 from posttrain.data_gen.kg import SURE_QUESTION
 from posttrain.errors import UsageError
 from posttrain.evals import flips, forgetting, hallucination, metrics, qa, reasoning, report
 from posttrain.evals.engines import Served, make_engine, vllm_available
 from posttrain.runs import atomic_dir, check_output
-from posttrain.train import load_data, split
 
 SUITES = {"qa": qa, "hallucination": hallucination, "forgetting": forgetting, "flips": flips,
           "reasoning": reasoning}

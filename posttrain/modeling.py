@@ -8,10 +8,13 @@ suits vLLM's CPU attention.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from posttrain.errors import UsageError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
@@ -88,3 +91,17 @@ def load_model(
     return AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True
     )
+
+
+def check_adapter(path: str, what: str = "adapter") -> None:
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise UsageError(f"{what} is not a LoRA adapter directory (no adapter_config.json): {path}")
+
+
+def load_adapter(model, path: str, trainable: bool = True):
+    """``model`` wrapped in the LoRA adapter saved at ``path`` (PEFT's ``from_pretrained``; trainable: training goes
+    on from its weights)."""
+    from peft import PeftModel
+
+    check_adapter(path)
+    return PeftModel.from_pretrained(model, path, is_trainable=trainable)

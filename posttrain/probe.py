@@ -10,7 +10,7 @@ reference code). New columns:
   normalised, a final '.' ignored) — R-Tuning-U's.
 
 The labelled splits are saved as a dataset (reusable by every R-Tuning variant) whose split info records the probed
-model, so that a trainer can refuse labels probed on another model.
+model (``posttrain.data.probed_model`` reads it), so that R-Tuning can refuse labels probed on another model.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from posttrain.data import load_data, split
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.runs import atomic_dir, check_output, write_json
-from posttrain.train import load_data, split
 
 COLUMNS = ("prompt", "completion")
 PROBE_COLUMNS = ("probe_answer", "probe_correct", "probe_samples", "probe_entropy")
@@ -46,14 +46,6 @@ def label(engine, ds, k: int = 5, temperature: float = 0.7, max_tokens: int = 15
     for name, values in zip(PROBE_COLUMNS, (greedy, correct, samples, entropy)):
         ds = ds.add_column(name, values)
     return ds
-
-
-def probed_model(ds) -> str | None:
-    """The model a probed split was labelled with (recorded in its dataset info), or None."""
-    try:
-        return json.loads(ds.info.description or "{}").get("probe", {}).get("model")
-    except (json.JSONDecodeError, AttributeError):
-        return None
 
 
 def probe(model: str, data: str, out: str, splits: list[str] = ("train",), k: int = 5, temperature: float = 0.7,

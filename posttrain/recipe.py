@@ -25,6 +25,11 @@ class DataArguments:
     dataset_path: str | None = field(default=None, metadata={"help": "A DatasetDict saved with save_to_disk."})
     dataset_train_split: str = field(default="corpus", metadata={"help": "Split to train on."})
     dataset_eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate the loss on."})
+    dataset_forget_split: str | None = field(default=None, metadata={"help": "Split to unlearn (unlearning methods)."})
+    dataset_retain_split: str | None = field(default=None, metadata={
+        "help": "Split whose knowledge an unlearning method keeps (paired with the forget split)."})
+    init_adapter: str | None = field(default=None, metadata={
+        "help": "A LoRA adapter directory to start from (trained further; no new LoRA is added)."})
 
 
 @dataclass

@@ -1,75 +1,106 @@
-"""``posttrain train``: parse a recipe, build model and data, run the method's trainer, save one run directory."""
+"""``posttrain train``: parse a recipe, read the splits its method names, run the method's data step and trainer,
+save one run directory (model or adapter, tokenizer, the prepared training set in ``train_data/``, ``run.json``).
+
+The method's registry entry (``posttrain.trainers.METHODS``) says what to read and how to prepare it; nothing here
+is specific to a method.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from accelerate import PartialState
-from datasets import DatasetDict, load_from_disk
+from datasets import DatasetDict
 from trl import get_peft_config
 
 from posttrain import modeling
-from posttrain.errors import ConfigError, UsageError
+from posttrain.data import load_data, split
+from posttrain.errors import ConfigError
 from posttrain.recipe import Recipe, parse
 from posttrain.runs import atomic_dir, check_output, run_info, write_json
-from posttrain.trainers import get_method
+from posttrain.trainers import ROLES, Method, get_method
+
+TRAIN_DATA = "train_data"  # the prepared training set, inside the run directory
 
 
-def load_data(path: str | None) -> DatasetDict:
-    if not path:
-        raise UsageError("no dataset: set dataset_path (a directory written by `posttrain gen`)")
-    if not (Path(path) / "dataset_dict.json").is_file():
-        raise UsageError(f"dataset directory not found or not a saved DatasetDict: {path}")
-    return load_from_disk(path)
-
-
-def split(dd: DatasetDict, name: str, columns: tuple[str, ...] = ()):
-    if name not in dd:
-        raise UsageError(f"unknown split {name!r}; the dataset has: {', '.join(dd)}")
-    missing = [c for c in columns if c not in dd[name].column_names]
-    if missing:
-        raise UsageError(f"split {name!r} lacks column(s) {', '.join(missing)}")
-    return dd[name]
+def split_names(recipe: Recipe, method: Method) -> dict[str, str]:
+    """Role -> split name for the roles the method reads; a role it needs and the recipe leaves unnamed, or one the
+    recipe names and it would ignore, is an error (``dataset_train_split`` has a default, so it is never the latter).
+    """
+    names = {role: getattr(recipe.data, f"dataset_{role}_split") for role in ROLES}
+    for role in method.splits:
+        if not names[role]:
+            raise ConfigError(f"{recipe.method} reads a {role} split: set dataset_{role}_split")
+    for role in ROLES[1:]:
+        if names[role] and role not in (*method.splits, *method.optional):
+            raise ConfigError(f"{recipe.method} reads no {role} split: drop dataset_{role}_split")
+    return {role: names[role] for role in (*method.splits, *method.optional) if names[role]}
 
 
 def build_model(recipe: Recipe, dd: DatasetDict):
-    s, m = recipe.scratch, recipe.model
+    """Model, tokenizer and the LoRA config the trainer applies (None for full fine-tuning, and when the model
+    already carries the trainable adapter named by ``init_adapter``)."""
+    s, m, adapter = recipe.scratch, recipe.model, recipe.data.init_adapter
+    if adapter and s.from_scratch:
+        raise ConfigError("init_adapter needs a trained model (model_name_or_path), not from_scratch")
+    if adapter:
+        modeling.check_adapter(adapter, "init_adapter")
     if s.from_scratch:
         texts = (row[c] for d in dd.values() for c in ("prompt", "completion", "text") if c in d.column_names
                  for row in d.select_columns([c]))
         tok = modeling.build_word_tokenizer(texts)
         model = modeling.scratch_llama(tok, s.hidden_size, s.num_hidden_layers, s.num_attention_heads,
                                        s.intermediate_size, s.max_position_embeddings, seed=recipe.train.seed)
-        return model, tok
+        return model, tok, get_peft_config(m)
     trust = recipe.train.trust_remote_code
     tok = modeling.load_tokenizer(m.model_name_or_path, trust_remote_code=trust, revision=m.model_revision)
     model = modeling.load_model(m.model_name_or_path, m.dtype, trust_remote_code=trust, revision=m.model_revision)
-    return model, tok
+    if adapter:
+        return modeling.load_adapter(model, adapter, trainable=True), tok, None
+    return model, tok, get_peft_config(m)
+
+
+@contextmanager
+def rejections(method: str):
+    """A method's own check (a ``ConfigError``) as one line that names the method; any other error is a bug and
+    keeps its traceback."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError(f"{method}: {str(e).strip().splitlines()[0]}") from None
+
+
+def prepare(recipe: Recipe, method: Method, dd: DatasetDict, names: dict[str, str]):
+    """The method's data step on its splits, with the registry's columns only."""
+    data = {role: split(dd, name, method.columns).select_columns(list(method.columns)) for role, name in names.items()}
+    model_name = "" if recipe.scratch.from_scratch else recipe.model.model_name_or_path
+    with rejections(recipe.method):
+        return method.load(method.prepare)(data, recipe.train, model_name)
 
 
 def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None = None) -> Path:
     start = time.time()
     recipe = parse(recipe_path, overrides)
     check_output(recipe.train.output_dir, recipe.train.overwrite_output_dir)
-    _, trainer_cls, columns = get_method(recipe.method)
+    _, trainer_cls, method = get_method(recipe.method)
+    names = split_names(recipe, method)
     dd = load_data(recipe.data.dataset_path)
-    train_ds = split(dd, recipe.data.dataset_train_split, columns).select_columns(list(columns))
-    eval_ds = None
-    if recipe.data.dataset_eval_split:
-        eval_ds = split(dd, recipe.data.dataset_eval_split, columns).select_columns(list(columns))
+    prepared = prepare(recipe, method, dd, names)
+    train_ds, eval_ds = prepared.train, prepared.eval
     final = Path(recipe.train.output_dir)
     # one fixed temporary name, so that every process of a distributed launch writes to the same place
     with atomic_dir(final, tmp_name=f".{final.name}.partial", main=PartialState().is_main_process) as tmp:
         recipe.train.output_dir = str(tmp)
-        model, tok = build_model(recipe, dd)
-        try:
+        if PartialState().is_main_process:
+            DatasetDict(prepared.splits()).save_to_disk(str(tmp / TRAIN_DATA))
+        model, tok, peft_config = build_model(recipe, dd)
+        with rejections(recipe.method):
             trainer = trainer_cls(model=model, args=recipe.train, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  processing_class=tok, peft_config=get_peft_config(recipe.model))
-        except ConfigError as e:  # the trainer's own check; any other error is a bug and keeps its traceback
-            raise ConfigError(f"{recipe.method}: {str(e).strip().splitlines()[0]}") from None
+                                  processing_class=tok, peft_config=peft_config)
         result = trainer.train()
         trainer.save_model(str(tmp))
         recipe.train.output_dir = str(final)
@@ -80,6 +111,7 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
                          for k, v in dataclasses.asdict(part).items()},
                       **recipe.train.to_dict()}
             info = run_info(command or sys.argv, config, recipe.train.seed, time.time() - start)
+            info["train_data"] = {"path": TRAIN_DATA, "splits": names, "rows": len(train_ds), **prepared.stats}
             info["train_metrics"] = result.metrics
             info["log_history"] = trainer.state.log_history
             write_json(tmp / "run.json", info)

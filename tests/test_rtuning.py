@@ -17,11 +17,12 @@ from scipy.stats import entropy
 
 from conftest import posttrain, tiny_dataset
 from posttrain import cli
+from posttrain.data import probed_model
 from posttrain.data_gen.kg import SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import hallucination, metrics
 from posttrain.evals.engines import HFEngine
-from posttrain.probe import PROBE_COLUMNS, label, probed_model
-from posttrain.trainers.rtuning import RTuningConfig, RTuningTrainer, build, certain
+from posttrain.probe import PROBE_COLUMNS, label
+from posttrain.trainers.rtuning import RTuningConfig, RTuningTrainer, build, certain, prepare
 
 REFUSALS = ["I do not know the answer .", "Sorry , I do not know the answer ."]
 
@@ -272,6 +273,13 @@ def test_rtuning_recipe_trains_a_few_steps(probed, rt_base, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     info = json.loads((out / "run.json").read_text())
     assert info["config"]["method"] == "rtuning" and info["config"]["variant"] == "suffix"
+    # the rewritten set and its certain fraction are in the run
+    known = load_from_disk(str(probed[0]))["train"]["probe_correct"]
+    saved = load_from_disk(str(out / "train_data"))["train"]
+    assert saved["certain"] == known and len(saved) == info["train_data"]["rows"]
+    assert all(c.endswith(" I am sure ." if k else " I am unsure .") for c, k in zip(saved["completion"], known))
+    assert info["train_data"]["certain_fraction"] == pytest.approx(np.mean(known))
+    assert info["train_data"]["certain"] == sum(known) and info["train_data"]["splits"] == {"train": "train"}
     assert info["train_metrics"]["train_loss"] > 0 and info["log_history"][-1]["step"] == 3
     assert not list(tmp_path.glob(".*"))
 
@@ -288,19 +296,25 @@ def test_rtuning_rejects_with_one_line_and_no_run_dir(capsys, probed, rt_base, o
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_trainer_checks_the_columns_and_max_length_at_the_boundary(probed, rt_base, tmp_path):
+def test_prepare_checks_the_columns_and_the_trainer_the_rewrite_and_max_length(probed, rt_base, tmp_path):
     from posttrain import modeling
 
-    ds = load_from_disk(str(probed[0]))["train"]
+    probed_ds = load_from_disk(str(probed[0]))["train"]
     model, tok = modeling.load_model(str(rt_base)), modeling.load_tokenizer(str(rt_base))
+
+    def prepared(data, **kw):
+        return prepare({"train": data}, _config(tmp_path, **kw), str(rt_base)).train
 
     def trainer(data, **kw):
         return RTuningTrainer(model, _config(tmp_path, **kw), train_dataset=data, processing_class=tok)
 
     with pytest.raises(ValueError, match="probe_correct"):
-        trainer(ds.remove_columns("probe_correct"), max_length=None)
+        prepared(probed_ds.remove_columns("probe_correct"))
     with pytest.raises(ValueError, match="probe_entropy"):
-        trainer(ds.remove_columns("probe_entropy"), max_length=None, split="entropy")
+        prepared(probed_ds.remove_columns("probe_entropy"), split="entropy")
+    with pytest.raises(ValueError, match="not R-Tuning's rewrite"):
+        trainer(probed_ds, max_length=None)  # the data step skipped: it would be plain SFT
+    ds = prepared(probed_ds)
     full = trainer(ds, max_length=None)
     lengths = [len(ids) for ids in full.train_dataset["input_ids"]]
     longest = max(lengths)

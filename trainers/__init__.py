@@ -1,24 +1,68 @@
-"""Method registry: ``method:`` in a recipe names a module here, which defines a TRL config and trainer.
+"""Method registry: ``method:`` in a recipe names an entry here, which says where the method's code lives and what
+data it reads. One method, one module; the module is imported only when the method is used.
 
-One method, one file. Each entry is ``name -> (module, config class, trainer class, dataset columns)``; the
-module is imported only when the method is used.
+The seam between ``posttrain train`` and a method: ``train`` reads the splits the entry names (each *role* R's split
+is the recipe key ``dataset_R_split``), keeps the entry's columns, hands them to the module's data step
+``prepare(data, args, model_name) -> Prepared`` — which may reject the settings with a ``ConfigError`` — saves the
+prepared training set in the run directory with its stats, and builds the trainer on it. Adding a method is one
+line here; ``posttrain.train`` does not change.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib import import_module
 
-METHODS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
-    "sft": ("posttrain.trainers.sft", "SFTConfig", "SFTTrainer", ("prompt", "completion")),
-    "rtuning": ("posttrain.trainers.rtuning", "RTuningConfig", "RTuningTrainer",
-                ("prompt", "completion", "probe_correct", "probe_entropy")),
+ROLES = ("train", "eval", "forget", "retain")  # recipe keys dataset_<role>_split
+
+
+@dataclass(frozen=True)
+class Method:
+    """``module``: the method's module; ``config``, ``trainer``, ``prepare``: names of its TRL config, its trainer
+    and its data step in that module; ``splits``: the roles it needs; ``optional``: roles it reads when the recipe
+    names a split for them; ``columns``: what each of those splits must have (only these are kept)."""
+
+    module: str
+    config: str
+    trainer: str
+    splits: tuple[str, ...] = ("train",)
+    optional: tuple[str, ...] = ("eval",)
+    columns: tuple[str, ...] = ("prompt", "completion")
+    prepare: str = "prepare"
+
+    def load(self, name: str):
+        return getattr(import_module(self.module), name)
+
+
+@dataclass
+class Prepared:
+    """A method's training data, as its trainer takes it. ``posttrain train`` saves ``splits()`` in the run
+    (``RUN/train_data``) and puts ``stats`` into ``run.json`` beside the training set's size."""
+
+    train: object  # a datasets.Dataset, or a torch Dataset whose ``parts`` are datasets
+    eval: object | None = None
+    stats: dict = field(default_factory=dict)
+
+    def splits(self) -> dict:
+        """What the run keeps: ``train`` (or its ``parts``) and ``eval``."""
+        out = dict(getattr(self.train, "parts", {"train": self.train}))
+        return out if self.eval is None else {**out, "eval": self.eval}
+
+
+METHODS: dict[str, Method] = {
+    "sft": Method("posttrain.trainers.sft", "SFTConfig", "SFTTrainer"),
+    "rtuning": Method("posttrain.trainers.rtuning", "RTuningConfig", "RTuningTrainer",
+                      columns=("prompt", "completion", "probe_correct", "probe_entropy")),
+    "grad_ascent": Method("posttrain.trainers.grad_ascent", "GradAscentConfig", "GradAscentTrainer",
+                          splits=("forget",), optional=()),
+    "grad_diff": Method("posttrain.trainers.grad_diff", "GradDiffConfig", "GradDiffTrainer",
+                        splits=("forget", "retain"), optional=()),
 }
 
 
-def get_method(name: str):
-    """(config class, trainer class, columns) of a registered method; KeyError names the known ones."""
+def get_method(name: str) -> tuple[type, type, Method]:
+    """(config class, trainer class, registry entry) of a method; KeyError names the known ones."""
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
-    module, config, trainer, columns = METHODS[name]
-    mod = import_module(module)
-    return getattr(mod, config), getattr(mod, trainer), columns
+    method = METHODS[name]
+    return method.load(method.config), method.load(method.trainer), method

@@ -15,13 +15,15 @@ and its completion becomes:
 * ``variant: refusal`` (the reference code's ``unknown`` method): certain items unchanged, uncertain ones answered
   with a refusal drawn at random (seeded) from ``refusals``.
 
-What differs from ``SFTTrainer``: only ``__init__``, which builds that dataset (and the eval set's, when it carries
-probe columns) and checks it. Defaults follow the reference code: its templates and 16 refusals, and the loss on the
-whole text (LMFlow ``text_only``), so ``completion_only_loss`` is off unless set. Rejected, because they would
-misapply the method silently: labels probed on another model than the one being tuned (R-Tuning's split is the
-tuned model's own knowledge gap; a from-scratch model has none), and a ``max_length`` that would cut the certainty
-phrase off the longest example. Left out: the reference's multiple-choice (MMLU) and context (HotpotQA) prompt
-formats — they are a matter of the dataset's ``prompt`` column here.
+The rewrite is the method's data step (``prepare``): ``posttrain train`` saves the rewritten set, with its
+``certain`` labels, in the run (``RUN/train_data``) and records the certain fraction in ``run.json``. What differs
+from ``SFTTrainer``: only ``__init__``, which takes that prepared set (it rejects one that was not) and checks it.
+Defaults follow the reference code: its templates and 16 refusals, and the loss on the whole text (LMFlow
+``text_only``), so ``completion_only_loss`` is off unless set. Rejected, because they would misapply the method
+silently: labels probed on another model than the one being tuned (R-Tuning's split is the tuned model's own
+knowledge gap; a from-scratch model has none), and a ``max_length`` that would cut the certainty phrase off the
+longest example. Left out: the reference's multiple-choice (MMLU) and context (HotpotQA) prompt formats — they are
+a matter of the dataset's ``prompt`` column here.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
+from posttrain.data import probed_model
 from posttrain.errors import ConfigError
-from posttrain.probe import probed_model
-from posttrain.trainers.sft import SFTConfig, SFTTrainer
+from posttrain.trainers import Prepared
+from posttrain.trainers.sft import SFTConfig, SFTTrainer, check_max_length
 
 SURE_QUESTION = "Are you sure you accurately answered the question based on your internal knowledge?"
 SURE, UNSURE = "I am sure.", "I am unsure."
@@ -107,30 +110,37 @@ def _same_model(a: str, b: str) -> bool:
     return pa.resolve() == pb.resolve() if pa.exists() and pb.exists() else a == b
 
 
+def prepare(data: dict[str, Dataset], args: RTuningConfig, model_name: str = "") -> Prepared:
+    """The registry's data step: the refusal-aware rewrite of the probed train split (and of the eval split, when
+    it carries the probe's labels), after checking that the labels are the tuned model's own."""
+    train, need = data["train"], SPLITS[args.split]
+    if need not in train.column_names:
+        raise ConfigError(f"the training set has no {need!r} column: label it first with `posttrain probe`")
+    probed = probed_model(train)
+    if probed is not None and not _same_model(probed, model_name):
+        raise ConfigError(f"the training set was probed on {probed}, but the model being tuned is "
+                          f"{model_name or 'a new, untrained model'}: R-Tuning splits the data by the tuned model's "
+                          "own knowledge, so probe this model")
+    out = build(train, args)
+    ev = data.get("eval")
+    ev = build(ev, args) if ev is not None and need in ev.column_names else ev
+    return Prepared(out, ev, {"certain": sum(out["certain"]), "certain_fraction": float(np.mean(out["certain"]))})
+
+
 class RTuningTrainer(SFTTrainer):
-    """SFT on R-Tuning's refusal-aware rewrite of a probed dataset; see the module docstring."""
+    """SFT on R-Tuning's refusal-aware rewrite (``prepare``'s output); see the module docstring."""
 
     def __init__(self, model, args: RTuningConfig, train_dataset: Dataset, eval_dataset: Dataset | None = None,
                  processing_class=None, **kwargs):
         if not isinstance(args, RTuningConfig):
             raise ConfigError("RTuningTrainer needs an RTuningConfig")
-        need = SPLITS[args.split]
-        if need not in train_dataset.column_names:
-            raise ConfigError(f"the training set has no {need!r} column: label it first with `posttrain probe`")
-        name = model if isinstance(model, str) else getattr(model, "name_or_path", "")
-        probed = probed_model(train_dataset)
-        if probed is not None and not _same_model(probed, name):
-            raise ConfigError(f"the training set was probed on {probed}, but the model being tuned is "
-                             f"{name or 'a new, untrained model'}: R-Tuning splits the data by the tuned model's "
-                             "own knowledge, so probe this model")
-        train_dataset = build(train_dataset, args).remove_columns("certain")
-        if eval_dataset is not None and need in eval_dataset.column_names:
-            eval_dataset = build(eval_dataset, args).remove_columns("certain")
-        if processing_class is not None and args.max_length is not None:
-            longest = max(len(processing_class(p + c)["input_ids"]) + 1  # + EOS
-                          for p, c in zip(train_dataset["prompt"], train_dataset["completion"]))
-            if longest > args.max_length:
-                raise ConfigError(f"max_length {args.max_length} would cut the certainty phrase or refusal off the "
-                                 f"longest example ({longest} tokens)")
+        if "certain" not in train_dataset.column_names:
+            raise ConfigError("the training set is not R-Tuning's rewrite (no 'certain' column): build it with "
+                              "posttrain.trainers.rtuning.prepare")
+        train_dataset = train_dataset.remove_columns("certain")
+        if eval_dataset is not None and "certain" in eval_dataset.column_names:
+            eval_dataset = eval_dataset.remove_columns("certain")
+        check_max_length(processing_class, train_dataset["prompt"], train_dataset["completion"], args.max_length,
+                         "the certainty phrase or refusal")
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)

@@ -1,0 +1,37 @@
+"""The seam between `posttrain train` and the methods: the registry's declarations, the prepared training set in
+every run, and trainers importable without the training command or the eval stack."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from datasets import load_from_disk
+
+from posttrain.trainers import METHODS, ROLES, get_method
+
+
+def test_every_registered_method_loads_and_declares_its_data():
+    for name, method in METHODS.items():
+        config, trainer, entry = get_method(name)
+        assert entry is method and callable(method.load(method.prepare)), name
+        assert set(method.splits) | set(method.optional) <= set(ROLES) and method.splits, name
+        assert {"prompt", "completion"} <= set(method.columns), name
+
+
+@pytest.mark.slow
+def test_trainers_import_neither_the_train_command_nor_the_eval_stack():
+    modules = [m.module for m in METHODS.values()]
+    code = (f"import sys; import {', '.join(modules)}; "
+            "print([m for m in sys.modules if m in ('posttrain.train', 'posttrain.probe', 'posttrain.evaluate', "
+            "'posttrain.recipe') or m.startswith('posttrain.evals')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_sft_run_holds_its_training_set(tiny_run, tiny_kg):
+    saved = load_from_disk(str(tiny_run / "train_data"))["train"]
+    corpus = load_from_disk(str(tiny_kg))["corpus"]
+    assert saved.column_names == ["prompt", "completion"] and saved["completion"] == corpus["completion"]
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert info["train_data"] == {"path": "train_data", "splits": {"train": "corpus"}, "rows": len(corpus)}

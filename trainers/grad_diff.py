@@ -1,0 +1,43 @@
+"""GradDiff: gradient ascent on the forget set, descent on the retain set (TOFU, Maini et al., arXiv 2401.06121;
+open-unlearning's ``GradDiff``; METHODS.md §9.2).
+
+L = -forget_weight · CE(forget) + retain_weight · CE(retain), each CE the mean token cross-entropy of that half's
+answers (prompt masked); each forget item is paired with a random retain item (``unlearn.prepare``). What differs
+from ``SFTTrainer``: the paired data and collator of ``unlearn.py`` and ``compute_loss``. Rejected, because they
+would silently make it another method: ``retain_weight <= 0`` (GradAscent, or worse), ``forget_weight <= 0``, a
+recipe without a forget or retain split, and forget items that are also retain items. Left out: open-unlearning's
+``retain_loss_type: KL`` (KL to the model before unlearning on the retain half; the reference it needs is
+``reference.py``'s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from posttrain.errors import ConfigError
+from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, prepare
+
+__all__ = ["GradDiffConfig", "GradDiffTrainer", "prepare"]
+
+
+@dataclass
+class GradDiffConfig(UnlearnConfig):
+    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain NLL (open-unlearning's alpha)."})
+
+    def __post_init__(self):
+        if self.retain_weight <= 0:
+            raise ConfigError(f"retain_weight must be positive, got {self.retain_weight}: without the retain term "
+                              "GradDiff is GradAscent (method: grad_ascent)")
+        super().__post_init__()
+
+
+class GradDiffTrainer(UnlearnTrainer):
+    """-forget_weight x the forget NLL + retain_weight x the retain NLL; see the module docstring."""
+
+    parts = ("forget", "retain")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        forget, outputs = self.nll(model, inputs["forget"], "forget")
+        retain, _ = self.nll(model, inputs["retain"], "retain")
+        loss = -self.args.forget_weight * forget + self.args.retain_weight * retain
+        return (loss, outputs) if return_outputs else loss
