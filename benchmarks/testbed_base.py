@@ -1,11 +1,12 @@
 """The testbed's base model over seeds: does ``recipes/testbed/base.yaml`` learn the graph on every seed and machine?
 
 For each graph seed (``posttrain gen kg --seed G``) it trains the base recipe with several training seeds, plus one
-run of the first graph and training seed with a single thread (another floating-point summation order, as on another
-machine), and evaluates each model greedily on ``seen`` and ``unseen`` (``posttrain eval --suite qa``). Per run it
-prints frequent (exposure >= 8) / seen / unseen exact match, the final training loss and the training wall time.
+run of the first graph and training seed with another number of threads (another floating-point summation order, as
+on another machine: 1 thread, or torch's default when ``--threads`` is given), and evaluates each model greedily on
+``seen`` and ``unseen`` (``posttrain eval --suite qa``). Per run it prints frequent (exposure >= 8) / seen / unseen
+exact match, the final training loss and the training wall time.
 
-    python benchmarks/testbed_base.py [--graphs 0 1 --seeds 0 1 2 --recipe testbed/base.yaml --set key=value ...]
+    python benchmarks/testbed_base.py [--graphs 0 1 --seeds 0 1 2 --threads N --recipe testbed/base.yaml --set k=v ...]
 
 ``--set`` overrides recipe keys for every run (a sweep point). spread_seen is the largest max - min of seen accuracy
 over the training seeds of one graph. Goal (issue 11): min frequent >= 0.90, min seen >= 0.50, spread_seen <= 0.05,
@@ -34,14 +35,19 @@ def posttrain(*args, env=None) -> None:
         sys.exit(f"posttrain {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
 
 
-def one_run(data: Path, out: Path, recipe: str, seed: int, overrides: list[str], threads: int | None) -> dict:
+def one_run(data: Path, out: Path, recipe: str, seed: int, overrides: list[str], threads: int | None,
+            reuse: bool = False) -> dict:
     env = dict(os.environ)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    posttrain("train", recipe, "--dataset_path", data, "--output_dir", out, "--overwrite_output_dir", "true",
-              "--seed", seed, "--logging_steps", 50, *overrides, env=env)
-    posttrain("eval", out, "--data", data, "--suite", "qa", "--splits", "seen,unseen", "--engine", "hf",
-              "--output", out / "eval", "--overwrite_output_dir")
+    train = ["train", recipe, "--dataset_path", data, "--output_dir", out, "--overwrite_output_dir", "true",
+             "--seed", seed, "--logging_steps", 50, *overrides]
+    done = out / "eval" / "results.json"
+    if not (reuse and done.is_file()
+            and json.loads((out / "run.json").read_text())["command"] == ["posttrain", *map(str, train)]):
+        posttrain(*train, env=env)
+        posttrain("eval", out, "--data", data, "--suite", "qa", "--splits", "seen,unseen", "--engine", "hf",
+                  "--output", out / "eval", "--overwrite_output_dir")
     info = json.loads((out / "run.json").read_text())
     res = json.loads((out / "eval" / "results.json").read_text())["results"]
     qa = {s: res[f"qa/{s}"] for s in ("seen", "unseen")}
@@ -57,16 +63,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--recipe", default="testbed/base.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every run")
-    ap.add_argument("--no_single_thread", action="store_true", help="skip the 1-thread run")
+    ap.add_argument("--threads", type=int, default=None, help="threads per run (default: torch's)")
+    ap.add_argument("--no_other_threads", action="store_true", help="skip the run with another thread count")
     ap.add_argument("--out", default="runs/bench-base")
+    ap.add_argument("--reuse", action="store_true", help="keep a finished run made by the same command (e.g. by "
+                    "another invocation working through other seeds at the same time)")
     args = ap.parse_args()
     overrides = [x for kv in args.set for x in ("--" + kv.split("=", 1)[0], kv.split("=", 1)[1])]
     root = Path(args.out)
     start = time.time()
     runs = []  # (graph, seed, threads, result)
-    plan = [(g, s, None) for g in args.graphs for s in args.seeds]
-    if not args.no_single_thread:
-        plan.append((args.graphs[0], args.seeds[0], 1))
+    plan = [(g, s, args.threads) for g in args.graphs for s in args.seeds]
+    if not args.no_other_threads:
+        plan.append((args.graphs[0], args.seeds[0], None if args.threads else 1))
     print(f"recipe {args.recipe} {' '.join(args.set)}")
     print("| graph | seed | threads | frequent | seen | unseen | final loss | train s |\n|---|---|---|---|---|---|---|---|")
     for g, s, threads in plan:
@@ -74,11 +83,13 @@ def main() -> None:
         if not (data / "manifest.json").is_file():
             shutil.rmtree(data, ignore_errors=True)
             posttrain("gen", "kg", "--out", data, "--seed", g)
-        r = one_run(data, root / (f"g{g}-s{s}" + ("-t1" if threads else "")), args.recipe, s, overrides, threads)
-        runs.append((g, s, threads, r))
+        other = threads != args.threads
+        r = one_run(data, root / (f"g{g}-s{s}" + (f"-t{threads or 'all'}" if other else "")), args.recipe, s,
+                    overrides, threads, args.reuse)
+        runs.append((g, s, other, r))
         print(f"| {g} | {s} | {threads or 'all'} | {r['frequent']:.3f} | {r['seen']:.3f} | {r['unseen']:.3f} | "
               f"{r['loss']:.3f} | {r['train_s']:.0f} |", flush=True)
-    spread = max(np.ptp([r["seen"] for gg, _, t, r in runs if gg == g and not t]) for g in args.graphs)
+    spread = max(np.ptp([r["seen"] for gg, _, other, r in runs if gg == g and not other]) for g in args.graphs)
     result = {"min_frequent_acc": min(r["frequent"] for *_, r in runs),
               "min_seen_acc": min(r["seen"] for *_, r in runs), "spread_seen": spread,
               "max_unseen_acc": max(r["unseen"] for *_, r in runs),
