@@ -16,13 +16,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _bool(value: str) -> bool:
-    """A flag's truth value as HF's argument parser reads it (true/false, yes/no, 1/0)."""
-    v = value.lower()
-    if v in ("true", "t", "yes", "y", "1"):
-        return True
-    if v in ("false", "f", "no", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+    """A flag's truth value as HF's argument parser reads it (imported here: transformers takes ~1 s to import)."""
+    from transformers.hf_argparser import string_to_bool
+
+    return string_to_bool(value)
 
 
 def _overwrite(p: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from posttrain import modeling
 from posttrain.data import load_data, split
 from posttrain.data_gen.kg import SURE_QUESTION
 from posttrain.errors import UsageError
@@ -63,8 +64,7 @@ def resolve(path: str, adapter: str | None = None, what: str = "model") -> Targe
     if adapter is not None:
         if target.adapter is not None:
             raise UsageError(f"{path} is already a LoRA run; give its base model with --adapter")
-        if not _is_adapter(Path(adapter)):
-            raise UsageError(f"not a LoRA adapter directory (no adapter_config.json): {adapter}")
+        modeling.check_adapter(adapter)
         target.adapter = str(adapter)
     if target.adapter is not None:
         check_adapter(target.model, target.adapter)
@@ -95,9 +95,7 @@ def check_adapter(model: str, adapter: str) -> None:
 
 
 def check_reference(reference: Target, target: Target) -> None:
-    from posttrain.modeling import load_tokenizer
-
-    if load_tokenizer(reference.model).get_vocab() != load_tokenizer(target.model).get_vocab():
+    if modeling.load_tokenizer(reference.model).get_vocab() != modeling.load_tokenizer(target.model).get_vocab():
         raise UsageError(f"reference {reference.model} has a different tokenizer than {target.model}; flips "
                          "compare models on the same token ids")
 
