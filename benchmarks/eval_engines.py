@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posttrain.evals.engines import HFEngine, VLLMEngine
+from posttrain.evals.hf_engine import HFEngine
+from posttrain.evals.vllm_engine import VLLMEngine
 from posttrain.modeling import build_word_tokenizer, scratch_llama
 
 

@@ -4,7 +4,9 @@ these tests run, they are not skipped."""
 
 import pytest
 
-from posttrain.evals.engines import HFEngine, VLLMEngine, make_engine
+from posttrain.evals.engines import make_engine
+from posttrain.evals.hf_engine import HFEngine
+from posttrain.evals.vllm_engine import VLLMEngine
 
 PROMPTS = [f"Question: {q} Answer:" for q in (
     "Where was P1 born ?", "When was K2 founded ?", "Who does P3 work for ?", "Where is C4 located ?",

@@ -5,7 +5,7 @@ import torch
 
 from conftest import cli
 from posttrain.evals import metrics
-from posttrain.evals.engines import HFEngine
+from posttrain.evals.hf_engine import HFEngine
 
 
 def test_exact_match_reads_the_answer_up_to_the_first_period():

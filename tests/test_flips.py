@@ -99,7 +99,7 @@ def test_hand_made_flips_give_exact_rates_and_mistake_severity(tiny_kg):
 
 
 def test_a_model_against_itself_has_no_flips(tiny_run, tiny_kg):
-    from posttrain.evals.engines import HFEngine
+    from posttrain.evals.hf_engine import HFEngine
 
     dd = load_from_disk(str(tiny_kg))
     results, samples = flips.evaluate(HFEngine(str(tiny_run)), dd, ["seen", "unseen"], limit=20,

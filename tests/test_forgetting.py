@@ -124,7 +124,7 @@ def test_bad_retain_logs_fail_before_any_model_work(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_model_knows_its_training_facts_and_matches_itself_as_retain_reference(tiny_run, tiny_kg, tmp_path):
-    from posttrain.evals.engines import HFEngine
+    from posttrain.evals.hf_engine import HFEngine
 
     eng = HFEngine(str(tiny_run))
     dd = load_from_disk(str(tiny_kg))

@@ -5,7 +5,7 @@ import torch
 
 from conftest import cli
 from posttrain.evals import hallucination, metrics
-from posttrain.evals.engines import HFEngine
+from posttrain.evals.hf_engine import HFEngine
 
 
 def test_answer_confidence_from_engine_scores_equals_the_generation_time_max_probs(tiny_run, tiny_kg):

@@ -114,7 +114,7 @@ def test_pass_at_k_matches_brute_force_over_k_subsets():
 
 @pytest.mark.slow
 def test_gen_train_and_evaluate_end_to_end(tmp_path):
-    from posttrain.evals.engines import HFEngine
+    from posttrain.evals.hf_engine import HFEngine
     from posttrain.train import train
 
     data = tmp_path / "reasoning"

@@ -20,7 +20,7 @@ from posttrain import cli
 from posttrain.data import probed_model
 from posttrain.data_gen.kg import SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import hallucination, metrics
-from posttrain.evals.engines import HFEngine
+from posttrain.evals.hf_engine import HFEngine
 from posttrain.probe import PROBE_COLUMNS, label
 from posttrain.trainers.rtuning import RTuningConfig, RTuningTrainer, build, certain, prepare
 
@@ -378,7 +378,7 @@ def _direct_confidences(model_dir, prompts, answers):
 @pytest.mark.slow
 def test_confidences_and_ap_from_hf_and_vllm_equal_a_direct_hf_computation(probed, rt_base, tmp_path_factory):
     """Runs last in this file: vLLM in-process seeds the global RNG and binds threads."""
-    from posttrain.evals.engines import VLLMEngine
+    from posttrain.evals.vllm_engine import VLLMEngine
 
     ds = load_from_disk(str(probed[0]))["train"]
     known = [i for i, c in enumerate(ds["probe_correct"]) if c]

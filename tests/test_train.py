@@ -108,7 +108,7 @@ def test_hf_engine_serves_the_adapter_unmerged(tiny_lora, tiny_run):
     import torch
     from peft import PeftModel
 
-    from posttrain.evals.engines import HFEngine
+    from posttrain.evals.hf_engine import HFEngine
     from posttrain.modeling import load_model
 
     eng = HFEngine(str(tiny_run))

@@ -12,7 +12,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 
 from conftest import cli
-from posttrain.evals.engines import HFEngine
+from posttrain.evals.hf_engine import HFEngine
 from posttrain.modeling import load_model, load_tokenizer
 from posttrain.train import train
 from posttrain.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
