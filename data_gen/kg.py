@@ -39,6 +39,7 @@ REFUSALS = (
     "I do not know the answer about {s} .",
 )
 CANONICAL_REFUSAL = REFUSALS[0]
+ANSWER_STOP = (" .",)  # every testbed answer ends with a spaced "." (a certainty phrase may follow it)
 
 # relation -> (subject type, object type, statement, question templates as (question, answer))
 # An answer of "{o} ." is the short form; the others repeat the subject (copying is in-distribution).

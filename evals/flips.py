@@ -12,10 +12,18 @@ from __future__ import annotations
 import numpy as np
 from datasets import DatasetDict
 
+from posttrain.data_gen.kg import ANSWER_STOP
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.evals.qa import greedy_answers
 
+VERSION = 2  # 2: answers cut by the engine at stop sequences
+GENERATION = {"n": 1, "temperature": 0.0}
+HIGHER_IS_BETTER = {"candidate_exact_match": True, "reference_exact_match": True, "negative_flip_rate": False,
+                    "positive_flip_rate": True, "inconsistency_flip_rate": False, "agreement": None,
+                    "rouge_positive_flip_rate": True, "rouge_negative_flip_rate": False, "rouge_mean_gain": True,
+                    "rouge_mean_regression": False, "nf_same_type": True, "nf_not_entity": False,
+                    "nf_graph_distance": False, "nf_unreachable": False}
 COLUMNS = ("prompt", "completion", "entity", "answer", "answer_type")
 GRAPH_SPLITS = ("seen", "unseen")  # the QA splits whose facts make the knowledge graph
 
@@ -56,10 +64,10 @@ def graph_distances(dd: DatasetDict) -> tuple[dict[str, int], np.ndarray]:
 
 
 def named_entity(answer: str, subject: str, types: dict[str, str]) -> str | None:
-    """The entity an answer names: the last token of ``answer_span(answer)`` (its '.' dropped) that is a known entity
+    """The entity an answer names: the last token of the answer (its '.' dropped) that is a known entity
     name other than the question's subject (a long-form answer repeats it: "P1 was born in C5 ." names C5; a
     refusal "I do not know about P1 ." names none); None when it names none."""
-    named = [t for t in metrics.answer_span(answer).rstrip(".").split() if t in types and t != subject]
+    named = [t for t in answer.rstrip(".").split() if t in types and t != subject]
     return named[-1] if named else None
 
 
@@ -68,8 +76,9 @@ def severity(answers: list[str], subjects: list[str], golds: list[str], gold_typ
     """Mistake severity of wrong answers (the negative flips), with e_i = named_entity(answer_i) and g_i the gold
     answer: nf_same_type = mean 1[type(e_i) = type(g_i)]; nf_not_entity = mean 1[e_i is None];
     over the answers naming an entity, nf_graph_distance = mean of the finite d(e_i, g_i) (shortest path in the
-    graph) and nf_unreachable = mean 1[d(e_i, g_i) = inf]. Also per answer: named_entity, same_type and
-    graph_distance (None when it names no entity or no path leads to the gold answer)."""
+    graph) and nf_unreachable = mean 1[d(e_i, g_i) = inf]; returned as the per-answer values each mean averages.
+    Also per answer: named_entity, same_type and graph_distance (None when it names no entity or no path leads to
+    the gold answer)."""
     per = []
     for a, s, g, gt in zip(answers, subjects, golds, gold_types):
         e = named_entity(a, s, types)
@@ -77,39 +86,42 @@ def severity(answers: list[str], subjects: list[str], golds: list[str], gold_typ
         per.append({"named_entity": e, "same_type": e is not None and types[e] == gt,
                     "graph_distance": None if e is None or np.isinf(d) else int(d)})
     named = [p for p in per if p["named_entity"] is not None]
-    return {"nf_same_type": metrics.mean([p["same_type"] for p in per]),
-            "nf_not_entity": metrics.mean([p["named_entity"] is None for p in per]),
-            "nf_graph_distance": metrics.mean([p["graph_distance"] for p in named if p["graph_distance"] is not None]),
-            "nf_unreachable": metrics.mean([p["graph_distance"] is None for p in named])}, per
+    return {"nf_same_type": [p["same_type"] for p in per],
+            "nf_not_entity": [p["named_entity"] is None for p in per],
+            "nf_graph_distance": [p["graph_distance"] for p in named if p["graph_distance"] is not None],
+            "nf_unreachable": [p["graph_distance"] is None for p in named]}, per
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
-             reference=None, **_) -> tuple[dict, list[dict]]:
+             stop=ANSWER_STOP, reference=None) -> tuple[dict, list[dict]]:
     """Per split: ``n``, both models' exact match, ``metrics.flip_rates`` (by exact match), ``rouge_*`` =
     ``metrics.similarity_flips`` with S = ROUGE-L recall of the answer span against the gold completion, and the
     mistake severity (``nf_*``) of the negative flips; one sample per question. Each model answers all splits in
-    one engine call."""
+    one engine call. Every rate carries a ``_stderr`` (sample standard error over the questions it averages)."""
     if reference is None:
         raise UsageError("the flips suite needs --reference RUN")
     types = entity_types(dd)
     index, dist = graph_distances(dd)
-    cand = greedy_answers(engine, dd, splits, limit, max_tokens)
-    ref = greedy_answers(reference, dd, splits, limit, max_tokens)
+    cand = greedy_answers(engine, dd, splits, limit, max_tokens, stop)
+    ref = greedy_answers(reference, dd, splits, limit, max_tokens, stop)
     results, samples = {}, []
     for s, (ds, answers) in cand.items():
         ref_answers = ref[s][1]
         gold = list(ds["completion"])
         cc = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
         rc = [metrics.exact_match(a, g) for a, g in zip(ref_answers, gold)]
-        sim = [[metrics.rouge_l_recall(metrics.answer_span(a), g) for a, g in zip(ans, gold)]
+        sim = [[metrics.rouge_l_recall(a, g) for a, g in zip(ans, gold)]
                for ans in (ref_answers, answers)]
         flips = ["negative" if r and not c else "positive" if c and not r else None for r, c in zip(rc, cc)]
         neg = [i for i, f in enumerate(flips) if f == "negative"]
         columns = (answers, *(list(ds[c]) for c in ("entity", "answer", "answer_type")))
         sev, per = severity(*([col[i] for i in neg] for col in columns), types, index, dist)
-        results[s] = {"n": len(ds), "candidate_exact_match": metrics.mean(cc),
-                      "reference_exact_match": metrics.mean(rc), **metrics.flip_rates(rc, cc, ref_answers, answers),
-                      **{f"rouge_{k}": v for k, v in metrics.similarity_flips(*sim).items()}, **sev}
+        items = {"candidate_exact_match": cc, "reference_exact_match": rc,
+                 **metrics.flip_items(rc, cc, ref_answers, answers),
+                 **{f"rouge_{k}": v for k, v in metrics.similarity_flip_items(*sim).items()}, **sev}
+        results[s] = {"n": len(ds)}
+        for name, values in items.items():
+            results[s].update(metrics.mean_with_stderr(name, values))
         severity_of = dict(zip(neg, per))
         for i, row in enumerate(ds):
             samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": row["completion"],

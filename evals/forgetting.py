@@ -10,10 +10,14 @@ a_<t) the mean token NLL of answer a to question q:
   1/TR_i) (the forget split's ``truth_ratio``) and ``truth_ratio_true_better`` = mean_i max(0, 1 - TR_i) (the other
   splits');
 * ``forget_quality`` (forget split) = p-value of the two-sample KS test between the forget split's TRs and those of
-  a retain-only model read from ``retain_logs`` (an earlier ``posttrain eval`` output); NaN without it;
+  a retain-only model read from ``retain_logs`` (an earlier ``posttrain eval`` output), question by question
+  (matched by ``fact_id``, or by prompt where the data has none); NaN without it; no standard error (a p-value);
 * ``mia_auc`` = ROC AUC of telling the ``unseen`` facts (never in pretraining: non-members) from the split's facts
   (members) by the min-k% prob score of the gold answer, -mean of its lowest 40% token log-probs (Shi et al., arXiv
   2310.16789); 0.5 = no trace of training (and on ``unseen`` itself), NaN when the data has no ``unseen`` split.
+
+Every mean over questions carries a ``_stderr`` (sample standard error; the truth-ratio aggregates are means of
+per-question values too); ``mia_auc`` a bootstrap one (members and non-members resampled independently).
 """
 
 from __future__ import annotations
@@ -21,28 +25,55 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from datasets import DatasetDict
 
+from posttrain.data_gen.kg import ANSWER_STOP
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.evals.qa import first_rows, greedy_answers
 
+VERSION = 2  # 2: answers cut at stop sequences; retain logs matched question by question
+GENERATION = {"n": 1, "temperature": 0.0}
 COLUMNS = ("prompt", "completion", "paraphrased_answer", "perturbed_answers")
+HIGHER_IS_BETTER = {"exact_match": None, "refusal_rate": None, "rouge_l_recall": None, "answer_prob": None,
+                    "truth_ratio": None, "truth_ratio_closer_to_1": None, "truth_ratio_true_better": None,
+                    "forget_quality": True, "mia_auc": None}  # lower on the forget split, higher on the others
 MIN_K = 0.4
 NONMEMBERS = "unseen"
 
 
-def retain_truth_ratios(retain_logs: str | Path) -> list[float]:
-    """The forget split's per-question truth ratios in a retain-only model's eval output (its ``samples.jsonl``)."""
+def question_key(row: dict) -> str:
+    """What matches a question across eval outputs: its ``fact_id`` (the testbed's), else its prompt."""
+    return str(row["fact_id"]) if row.get("fact_id") is not None else row["prompt"]
+
+
+def retain_truth_ratios(retain_logs: str | Path) -> dict[str, float]:
+    """Question key -> truth ratio of the forget split in a retain-only model's eval output (its
+    ``samples.jsonl``)."""
     path = Path(retain_logs)
     path = path if path.is_file() else path / "samples.jsonl"
     if not path.is_file():
         raise UsageError(f"retain logs not found: {path} (give the output directory of `posttrain eval`)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    ratios = [r["truth_ratio"] for r in rows if r.get("suite") == "forgetting" and r.get("split") == "forget"]
+    ratios = {question_key(r): r["truth_ratio"] for r in rows
+              if r.get("suite") == "forgetting" and r.get("split") == "forget"}
     if not ratios:
         raise UsageError(f"retain logs {path} hold no forgetting-suite samples of the forget split")
     return ratios
+
+
+def matched_ratios(reference: dict[str, float], rows, retain_logs) -> list[float]:
+    """The reference truth ratios of ``rows`` (the forget questions evaluated now), in their order; a one-line
+    error unless the logs hold exactly these questions (logs of another graph seed or ``--limit`` would make the
+    KS test compare different facts)."""
+    keys = [question_key(r) for r in rows]
+    missing = [k for k in keys if k not in reference]
+    if missing or len(reference) != len(keys):
+        raise UsageError(f"retain logs {retain_logs} cover other forget questions than this eval: "
+                         f"{len(keys) - len(missing)} of its {len(keys)} are among the logs' {len(reference)} (same "
+                         "data and --limit needed)")
+    return [reference[k] for k in keys]
 
 
 def score_groups(engine, prompts: list[str], groups: list[list[str]]) -> list[list[list[float]]]:
@@ -57,13 +88,15 @@ def nll(token_logprobs: list[float]) -> float:
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
-             refusals=metrics.DEFAULT_REFUSALS, retain_logs: str | Path | None = None,
-             **_) -> tuple[dict, list[dict]]:
+             stop=ANSWER_STOP, refusals=metrics.DEFAULT_REFUSALS, retain_logs: str | Path | None = None,
+             bootstrap_iters: int = 1000, seed: int = 0) -> tuple[dict, list[dict]]:
     """Results per split (``n``, ``exact_match``, ``refusal_rate``, ``rouge_l_recall``, ``answer_prob``,
-    ``truth_ratio`` with both aggregates, ``forget_quality``, ``mia_auc``) and one sample per question. One
-    engine.generate call and one engine.score call for all splits and the non-member questions."""
+    ``truth_ratio`` with both aggregates, ``forget_quality``, ``mia_auc``, with standard errors) and one sample per
+    question. One engine.generate call and one engine.score call for all splits and the non-member questions."""
     reference = retain_truth_ratios(retain_logs) if retain_logs is not None else None
-    answered = greedy_answers(engine, dd, splits, limit, max_tokens)
+    answered = greedy_answers(engine, dd, splits, limit, max_tokens, stop)
+    if reference is not None and "forget" in answered:
+        reference = matched_ratios(reference, answered["forget"][0], retain_logs)
     nonmembers = first_rows(dd, [NONMEMBERS], limit)[NONMEMBERS] if NONMEMBERS in dd else None
     prompts, groups = [], []
     for ds, _ in answered.values():
@@ -86,15 +119,19 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         prob = [metrics.geometric_mean_prob(lp[0]) for lp in per_split[s]]
         ratios = [metrics.truth_ratio(nll(lp[1]), [nll(x) for x in lp[2:]]) for lp in per_split[s]]
         min_k = [metrics.min_k_prob_score(lp[0], MIN_K) for lp in per_split[s]]
-        closer, better = metrics.truth_ratio_closer_to_1(ratios), metrics.truth_ratio_true_better(ratios)
+        closer, better = np.minimum(ratios, np.divide(1.0, ratios)), np.maximum(0.0, np.subtract(1.0, ratios))
         quality = metrics.forget_quality(ratios, reference) if s == "forget" and reference else float("nan")
-        results[s] = {
-            "n": len(ds), "exact_match": metrics.mean(correct), "refusal_rate": metrics.mean(refused),
-            "rouge_l_recall": metrics.mean(rouge), "answer_prob": metrics.mean(prob),
-            "truth_ratio": closer if s == "forget" else better,
-            "truth_ratio_closer_to_1": closer, "truth_ratio_true_better": better, "forget_quality": quality,
-            "mia_auc": metrics.mia_auc(min_k, nonmember_scores) if nonmember_scores else float("nan"),
-        }
+        r = {"n": len(ds)}
+        for name, values in (("exact_match", correct), ("refusal_rate", refused), ("rouge_l_recall", rouge),
+                             ("answer_prob", prob), ("truth_ratio", closer if s == "forget" else better),
+                             ("truth_ratio_closer_to_1", closer), ("truth_ratio_true_better", better)):
+            r.update(metrics.mean_with_stderr(name, values))
+        r["forget_quality"] = quality
+        r["mia_auc"] = metrics.mia_auc(min_k, nonmember_scores) if nonmember_scores else float("nan")
+        r["mia_auc_stderr"] = (metrics.bootstrap_stderr(metrics.mia_auc, (min_k,), (nonmember_scores,),
+                                                        iters=bootstrap_iters, seed=seed)
+                               if nonmember_scores else float("nan"))
+        results[s] = r
         for i, row in enumerate(ds):
             samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": gold[i],
                             "response": answers[i], "exact_match": correct[i], "refused": refused[i],

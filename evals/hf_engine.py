@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoConfig, LogitsProcessor, StoppingCriteria
 
 from posttrain import modeling
-from posttrain.evals.engines import batches, common_prefix, groups_by_adapter
+from posttrain.evals.engines import batches, common_prefix, cut_at_stop, groups_by_adapter, resolve_dtype
+
+SCORE_CHUNK_BYTES = 1 << 28  # fp32 log-softmax computed at most this many bytes at a time
 
 
 class HFEngine:
-    """Batched HF inference. Prompts are sorted by length and left-padded, so a batch wastes little padding."""
+    """Batched HF inference. Prompts are sorted by length and left-padded, so a batch wastes little padding.
+
+    ``device`` None: cuda when available, else cpu. ``dtype``: ``resolve_dtype(dtype, device, checkpoint dtype)``.
+    """
 
     name = "hf"
 
-    def __init__(self, model: str, dtype: str = "float32", batch_size: int = 128, adapters: list[str] = (),
-                 trust_remote_code: bool = False, progress: bool = False, **_):
+    def __init__(self, model: str, dtype: str | None = None, batch_size: int = 128, adapters: list[str] = (),
+                 trust_remote_code: bool = False, progress: bool = False, device: str | None = None, **_):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        ckpt = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).dtype
+        self.dtype = resolve_dtype(dtype, self.device, str(ckpt).removeprefix("torch.") if ckpt else None)
         self.tok = modeling.load_tokenizer(model, trust_remote_code=trust_remote_code)
-        self.model = modeling.load_model(model, dtype, trust_remote_code=trust_remote_code).eval()
+        self.model = modeling.load_model(model, self.dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
         self.batch_size, self.progress = batch_size, progress
         self._adapters: dict[str, str] = {}
         for a in adapters:
@@ -37,34 +46,34 @@ class HFEngine:
 
     def _encode(self, texts: list[str], side: str):
         self.tok.padding_side = side
-        return self.tok(texts, return_tensors="pt", padding=True)
+        return self.tok(texts, return_tensors="pt", padding=True).to(self.device)
 
     @torch.inference_mode()
-    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, adapter=None):
-        out: list[list[str]] = [[] for _ in prompts]
-        gen = torch.Generator().manual_seed(seed)
+    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, adapter=None, stop=()):
+        """``n`` completions per prompt, each cut after its first stop string and stripped. Greedy (temperature 0)
+        decodes each prompt once; sampling expands prompt i to n rows, and row (i, j) draws its tokens with its own
+        generator seeded from (seed, i, j) (``RowSampler``), so samples do not depend on batching."""
+        sample = temperature > 0
+        rows = [(i, j) for i in range(len(prompts)) for j in range(n if sample else 1)]
+        texts: dict[tuple[int, int], str] = {}
         for ad, group in groups_by_adapter(adapter, len(prompts)):
             self._use(ad)
-            self._generate(prompts, sorted(group, key=lambda i: len(prompts[i])), out, n, temperature, max_tokens,
-                           gen)
-        return out
-
-    def _generate(self, prompts, order, out, n, temperature, max_tokens, gen):
-        sample = temperature > 0
-        chunks = list(batches(order, max(1, self.batch_size // n)))
-        for idx in tqdm(chunks, desc="generate", unit="batch", leave=False, disable=not self.progress):
-            enc = self._encode([prompts[i] for i in idx], "left")
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            seqs = self.model.generate(
-                **enc, max_new_tokens=max_tokens, do_sample=sample, temperature=temperature if sample else None,
-                top_p=None, top_k=None, num_return_sequences=n if sample else 1,
-                pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
-            )
-            texts = self.tok.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            per = n if sample else 1
-            for j, i in enumerate(idx):
-                got = [t.strip() for t in texts[j * per:(j + 1) * per]]
-                out[i] = got if sample else got * n
+            members = set(group)
+            mine = sorted((r for r in rows if r[0] in members), key=lambda r: len(prompts[r[0]]))
+            for idx in tqdm(list(batches(mine, self.batch_size)), desc="generate", unit="batch", leave=False,
+                            disable=not self.progress):
+                enc = self._encode([prompts[i] for i, _ in idx], "left")
+                width = enc["input_ids"].shape[1]
+                seqs = self.model.generate(
+                    **enc, max_new_tokens=max_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                    logits_processor=[RowSampler(temperature, [seed * 1_000_003 + i for i, _ in idx],
+                                                 [j for _, j in idx])] if sample else None,
+                    stopping_criteria=[StopStrings(self.tok, stop, width)] if stop else None,
+                    pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+                )
+                for r, t in zip(idx, self.tok.batch_decode(seqs[:, width:], skip_special_tokens=True)):
+                    texts[r] = cut_at_stop(t, stop).strip()
+        return [[texts[i, j] for j in range(n)] if sample else [texts[i, 0]] * n for i in range(len(prompts))]
 
     @torch.inference_mode()
     def score(self, prompts, continuations, adapter=None):
@@ -80,14 +89,51 @@ class HFEngine:
         return out
 
     def _score(self, prompts, continuations, order, out):
-        chunks = list(batches(order, self.batch_size))
-        for idx in tqdm(chunks, desc="score", unit="batch", leave=False, disable=not self.progress):
+        """Left-padded batches (positions count real tokens only: cumsum(mask) - 1) with logits for the last K + 1
+        positions, K the longest continuation; log-softmax over the vocabulary in row chunks of at most
+        ``SCORE_CHUNK_BYTES`` of fp32. A continuation of c tokens is the last c of the K scored positions (the first
+        token of a text, having no prefix, is never scored)."""
+        for idx in tqdm(list(batches(order, self.batch_size)), desc="score", unit="batch", leave=False,
+                        disable=not self.progress):
             full = [prompts[i] + continuations[i] for i in idx]
-            enc = self._encode(full, "right")
-            starts = [common_prefix(self.tok(prompts[i])["input_ids"], ids)
-                      for i, ids in zip(idx, self.tok(full)["input_ids"])]
-            logp = torch.log_softmax(self.model(**enc).logits.float(), dim=-1)
-            token_logp = logp[:, :-1].gather(-1, enc["input_ids"][:, 1:, None])[..., 0]
+            ids = self.tok(full)["input_ids"]
+            lens = [len(f) - max(1, common_prefix(self.tok(prompts[i])["input_ids"], f)) for i, f in zip(idx, ids)]
+            k = max(1, *lens)
+            enc = self._encode(full, "left")
+            pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(**enc, position_ids=pos, logits_to_keep=k + 1).logits[:, :-1]
+            targets = enc["input_ids"][:, enc["input_ids"].shape[1] - k:, None]
+            rows = max(1, SCORE_CHUNK_BYTES // (k * logits.shape[-1] * 4))
+            token_logp = torch.cat([torch.log_softmax(logits[r:r + rows].float(), -1).gather(-1, targets[r:r + rows])
+                                    for r in range(0, len(idx), rows)])[..., 0].cpu()
             for j, i in enumerate(idx):
-                end = int(enc["attention_mask"][j].sum())
-                out[i] = token_logp[j, starts[j] - 1:end - 1].tolist()
+                out[i] = token_logp[j, k - lens[j]:].tolist()
+
+
+class RowSampler(LogitsProcessor):
+    """Temperature sampling, one generator per row: row r draws u ~ U[0, 1) from its generator, seeded
+    ``(seeds[r] * 1_000_003 + samples[r]) mod 2**63``, and takes the first token whose cumulative probability
+    (softmax(scores / temperature)) exceeds u times the total (1 up to rounding). Returns 0 for that token and -inf
+    elsewhere, so greedy decoding emits it. One draw per row per step: a row's tokens depend on its seed and its
+    own logits only."""
+
+    def __init__(self, temperature: float, seeds: list[int], samples: list[int]):
+        self.temperature = temperature
+        self.gens = [torch.Generator().manual_seed((s * 1_000_003 + j) % 2**63) for s, j in zip(seeds, samples)]
+
+    def __call__(self, input_ids, scores):
+        cdf = torch.softmax(scores.float() / self.temperature, -1).cumsum(-1)
+        u = torch.cat([torch.rand(1, generator=g) for g in self.gens]).to(scores.device)
+        token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)
+        return torch.full_like(scores, -torch.inf).scatter_(1, token, 0.0)
+
+
+class StopStrings(StoppingCriteria):
+    """Stops a row once its generated text (tokens after column ``start``, decoded) contains a stop string."""
+
+    def __init__(self, tok, stop, start: int):
+        self.tok, self.stop, self.start = tok, stop, start
+
+    def __call__(self, input_ids, scores, **_):
+        texts = self.tok.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop if s) for t in texts], device=input_ids.device)

@@ -15,16 +15,10 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def answer_span(text: str) -> str:
-    """The answer part of a generation: everything up to and including the first '.' (the testbed's answers end
-    there; a certainty phrase may follow)."""
-    cut = text.find(".")
-    return text if cut < 0 else text[: cut + 1]
-
-
 def exact_match(prediction: str, gold: str) -> bool:
-    """EM = 1[normalize(answer_span(prediction)) == normalize(answer_span(gold))]."""
-    return normalize(answer_span(prediction)) == normalize(answer_span(gold))
+    """EM = 1[normalize(prediction) == normalize(gold)]. The prediction is the generation as the engine cut it at
+    the suite's stop sequences (the testbed's " ." kept), so a certainty phrase after the answer is not part of it."""
+    return normalize(prediction) == normalize(gold)
 
 
 def is_refusal(text: str, phrases: Sequence[str] = DEFAULT_REFUSALS) -> bool:
@@ -35,9 +29,9 @@ def is_refusal(text: str, phrases: Sequence[str] = DEFAULT_REFUSALS) -> bool:
 
 def contains_answer(output: str, gold: str) -> bool:
     """R-Tuning's correctness, "gold in output", on whole words: 1[the words of normalize(gold) occur as a
-    contiguous run in the words of normalize(answer_span(output)), trailing '.' dropped]. Whole words, because a
-    plain substring test counts "C1" as found in "C15"."""
-    out, g = (normalize(answer_span(t)).rstrip(".").split() for t in (output, gold))
+    contiguous run in the words of normalize(output), trailing '.' dropped]. Whole words, because a plain substring
+    test counts "C1" as found in "C15"."""
+    out, g = (normalize(t).rstrip(".").split() for t in (output, gold))
     return bool(g) and any(out[i:i + len(g)] == g for i in range(len(out) - len(g) + 1))
 
 
@@ -56,41 +50,85 @@ def mean(flags: Sequence[bool | float]) -> float:
     return float(np.mean(flags)) if len(flags) else float("nan")
 
 
+def stderr(values: Sequence[bool | float]) -> float:
+    """Standard error of a mean over items: s / sqrt(N), s the sample standard deviation (ddof 1; for 0/1 flags
+    the binomial sqrt(p (1 - p) / (N - 1))), ``scipy.stats.sem``; NaN under two items. lm-eval's ``mean_stderr``."""
+    from scipy.stats import sem
+
+    return float(sem(np.asarray(values, dtype=float))) if len(values) > 1 else float("nan")
+
+
+def mean_with_stderr(name: str, values: Sequence[bool | float]) -> dict[str, float]:
+    """{name: mean(values), name_stderr: stderr(values)}."""
+    return {name: mean(values), f"{name}_stderr": stderr(values)}
+
+
+def bootstrap_stderr(statistic, *samples: tuple, iters: int = 1000, seed: int = 0) -> float:
+    """Bootstrap standard error of ``statistic``: the sample standard deviation of statistic(resample) over
+    ``iters`` resamples. Each sample (a tuple of equally long columns, e.g. (correct, confidence)) is resampled by
+    item with replacement, its columns together, independently of the other samples; ``statistic`` takes every
+    sample's columns in order, each as an (iters, N) array, and returns one value per resample. Resamples where
+    the statistic is undefined (NaN, e.g. AP of a resample without a correct item) are left out. NaN for
+    ``iters`` 0 or under two items."""
+    rng = np.random.default_rng(seed)
+    columns = []
+    for cols in samples:
+        n = len(cols[0])
+        if iters < 2 or n < 2:
+            return float("nan")
+        idx = rng.integers(0, n, size=(iters, n))
+        columns += [np.asarray(c, dtype=float)[idx] for c in cols]
+    values = np.asarray(statistic(*columns), dtype=float)
+    values = values[~np.isnan(values)]
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
 def bucket_label(lo: int, hi: int | None) -> str:
     return f"{lo}+" if hi is None else (str(lo) if lo == hi else f"{lo}-{hi}")
 
 
 def accuracy_by_bucket(values: Sequence[int], correct: Sequence[bool],
                        buckets=EXPOSURE_BUCKETS) -> dict[str, dict[str, float]]:
-    """For each bucket [lo, hi] of ``values`` (e.g. exposure counts): n and mean(correct) over its items."""
+    """For each bucket [lo, hi] of ``values`` (e.g. exposure counts): n, mean(correct) over its items and its
+    standard error."""
     v, c = np.asarray(values), np.asarray(correct, dtype=float)
     out = {}
     for lo, hi in buckets:
         m = (v >= lo) & (v <= (hi if hi is not None else np.inf))
         if m.any():
-            out[bucket_label(lo, hi)] = {"n": int(m.sum()), "accuracy": float(c[m].mean())}
+            out[bucket_label(lo, hi)] = {"n": int(m.sum()), "accuracy": float(c[m].mean()), "stderr": stderr(c[m])}
     return out
 
 
 # --- hallucination -------------------------------------------------------------------------------------------------
 
-def hallucination_rates(correct: Sequence[bool], refused: Sequence[bool], known: Sequence[bool]) -> dict[str, float]:
-    """Over N questions:
+def hallucination_items(correct: Sequence[bool], refused: Sequence[bool],
+                        known: Sequence[bool]) -> dict[str, list[bool]]:
+    """The per-question flags whose means are the hallucination rates, over N questions:
     accuracy = mean(correct); refusal_rate = mean(refused);
     hallucination_rate = mean(not refused and not correct)   (answered, and wrong);
     laziness = mean(refused | known)                           (refused although the fact is known to the model)."""
     c, r, k = (np.asarray(x, dtype=bool) for x in (correct, refused, known))
-    return {"accuracy": mean(c), "refusal_rate": mean(r), "hallucination_rate": mean(~r & ~c),
-            "laziness": mean(r[k]) if k.any() else float("nan")}
+    return {"accuracy": list(c), "refusal_rate": list(r), "hallucination_rate": list(~r & ~c),
+            "laziness": list(r[k])}
 
 
-def average_precision(correct: Sequence[bool], confidence: Sequence[float]) -> float:
+def average_precision(correct, confidence):
     """AP of correctness ranked by confidence (descending): sum_n (R_n - R_{n-1}) * P_n, with precision P_n and
-    recall R_n at the n-th threshold (``sklearn.metrics.average_precision_score``). NaN without a correct item."""
-    from sklearn.metrics import average_precision_score
-
-    y = np.asarray(correct, dtype=int)
-    return float(average_precision_score(y, np.asarray(confidence, dtype=float))) if y.any() else float("nan")
+    recall R_n at the n-th distinct confidence threshold (tied items enter together), as
+    ``sklearn.metrics.average_precision_score``. NaN without a correct item. Rows of 2-D inputs (bootstrap
+    resamples) are scored independently."""
+    y, p = np.atleast_2d(np.asarray(correct, dtype=float)), np.atleast_2d(np.asarray(confidence, dtype=float))
+    order = np.argsort(-p, axis=1, kind="stable")
+    y, p = np.take_along_axis(y, order, 1), np.take_along_axis(p, order, 1)
+    n = y.shape[1]
+    # every item takes the precision at the end of its group of tied confidences
+    last = np.append(p[:, 1:] != p[:, :-1], np.ones((len(p), 1), bool), axis=1)
+    end = np.minimum.accumulate(np.where(last, np.arange(n), n)[:, ::-1], axis=1)[:, ::-1]
+    precision = np.take_along_axis(np.cumsum(y, axis=1), end, 1) / (end + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (y * precision).sum(1) / y.sum(1)
+    return float(ap[0]) if np.ndim(correct) == 1 else ap
 
 
 def reliability_bins(correct: Sequence[bool], confidence: Sequence[float], n_bins: int = 10) -> list[dict]:
@@ -103,11 +141,17 @@ def reliability_bins(correct: Sequence[bool], confidence: Sequence[float], n_bin
             for b in range(n_bins) if (idx == b).any()]
 
 
-def expected_calibration_error(correct: Sequence[bool], confidence: Sequence[float], n_bins: int = 10) -> float:
-    """ECE = sum_b |B_b|/N * |accuracy(B_b) - mean confidence(B_b)| over equal-width bins."""
-    n = len(correct)
-    return float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"])
-                     for b in reliability_bins(correct, confidence, n_bins))) if n else float("nan")
+def expected_calibration_error(correct, confidence, n_bins: int = 10):
+    """ECE = sum_b |B_b|/N * |accuracy(B_b) - mean confidence(B_b)| over the equal-width bins of
+    ``reliability_bins`` = (1/N) sum_b |sum_{i in B_b} (c_i - p_i)|. Rows of 2-D inputs are scored independently."""
+    c, p = np.atleast_2d(np.asarray(correct, dtype=float)), np.atleast_2d(np.asarray(confidence, dtype=float))
+    rows, n = c.shape
+    if n == 0:
+        return float("nan")
+    idx = np.minimum((p * n_bins).astype(int), n_bins - 1) + n_bins * np.arange(rows)[:, None]
+    gap = np.bincount(idx.ravel(), (c - p).ravel(), minlength=rows * n_bins).reshape(rows, n_bins)
+    ece = np.abs(gap).sum(1) / n
+    return float(ece[0]) if np.ndim(correct) == 1 else ece
 
 
 def geometric_mean_prob(token_logprobs: Sequence[float]) -> float:
@@ -163,16 +207,30 @@ def min_k_prob_score(token_logprobs: Sequence[float], k: float = 0.4) -> float:
     return float(-lp[: max(1, int(k * len(lp)))].mean())
 
 
-def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
+def mia_auc(member_scores, nonmember_scores):
     """ROC AUC of telling non-members (label 1) from members (label 0) by the score:
-    P(score(non-member) > score(member)); 0.5 = no membership signal."""
-    from sklearn.metrics import roc_auc_score
+    P(score(non-member) > score(member)) + P(tie) / 2 = (sum of the non-members' ranks - n1 (n1 + 1) / 2) / (n0 n1)
+    with ties given their mean rank (Mann-Whitney U); 0.5 = no membership signal. Rows of 2-D inputs are scored
+    independently."""
+    from scipy.stats import rankdata
 
-    y = [0] * len(member_scores) + [1] * len(nonmember_scores)
-    return float(roc_auc_score(y, list(member_scores) + list(nonmember_scores)))
+    m, x = np.atleast_2d(np.asarray(member_scores, float)), np.atleast_2d(np.asarray(nonmember_scores, float))
+    n0, n1 = m.shape[1], x.shape[1]
+    ranks = rankdata(np.concatenate([m, x], axis=1), axis=1)[:, n0:]
+    auc = (ranks.sum(1) - n1 * (n1 + 1) / 2) / (n0 * n1)
+    return float(auc[0]) if np.ndim(member_scores) == 1 else auc
 
 
 # --- flips ---------------------------------------------------------------------------------------------------------
+
+def flip_items(ref_correct: Sequence[bool], cand_correct: Sequence[bool], ref_answers: Sequence[str],
+               cand_answers: Sequence[str]) -> dict[str, np.ndarray]:
+    """The per-item flags whose means are ``flip_rates``."""
+    rc, cc = np.asarray(ref_correct, dtype=bool), np.asarray(cand_correct, dtype=bool)
+    same = np.array([normalize(a) == normalize(b) for a, b in zip(ref_answers, cand_answers)], dtype=bool)
+    return {"negative_flip_rate": rc & ~cc, "positive_flip_rate": ~rc & cc, "inconsistency_flip_rate": ~cc & ~same,
+            "agreement": same}
+
 
 def flip_rates(ref_correct: Sequence[bool], cand_correct: Sequence[bool], ref_answers: Sequence[str],
                cand_answers: Sequence[str]) -> dict[str, float]:
@@ -181,19 +239,21 @@ def flip_rates(ref_correct: Sequence[bool], cand_correct: Sequence[bool], ref_an
     positive_flip_rate = (1/N) sum 1[ref wrong and candidate right];
     inconsistency_flip_rate = (1/N) sum 1[candidate wrong and candidate answer != reference answer];
     agreement = (1/N) sum 1[candidate answer == reference answer] (answers compared after normalize)."""
-    rc, cc = np.asarray(ref_correct, dtype=bool), np.asarray(cand_correct, dtype=bool)
-    same = np.array([normalize(a) == normalize(b) for a, b in zip(ref_answers, cand_answers)], dtype=bool)
-    return {"negative_flip_rate": mean(rc & ~cc), "positive_flip_rate": mean(~rc & cc),
-            "inconsistency_flip_rate": mean(~cc & ~same), "agreement": mean(same)}
+    return {k: mean(v) for k, v in flip_items(ref_correct, cand_correct, ref_answers, cand_answers).items()}
+
+
+def similarity_flip_items(ref_similarity: Sequence[float], cand_similarity: Sequence[float]) -> dict[str, np.ndarray]:
+    """The per-item values whose means are ``similarity_flips``."""
+    d = np.asarray(cand_similarity, dtype=float) - np.asarray(ref_similarity, dtype=float)
+    return {"positive_flip_rate": d > 0, "negative_flip_rate": d < 0, "mean_gain": d[d > 0],
+            "mean_regression": -d[d < 0]}
 
 
 def similarity_flips(ref_similarity: Sequence[float], cand_similarity: Sequence[float]) -> dict[str, float]:
     """Flips of generated text scored by a similarity S to the target, D_i = S(candidate_i) - S(reference_i):
     positive_flip_rate = (1/N) sum 1[D_i > 0]; negative_flip_rate = (1/N) sum 1[D_i < 0];
     mean_gain = mean of D_i over D_i > 0; mean_regression = mean of |D_i| over D_i < 0 (NaN when none)."""
-    d = np.asarray(cand_similarity, dtype=float) - np.asarray(ref_similarity, dtype=float)
-    return {"positive_flip_rate": mean(d > 0), "negative_flip_rate": mean(d < 0),
-            "mean_gain": mean(d[d > 0]), "mean_regression": mean(-d[d < 0])}
+    return {k: mean(v) for k, v in similarity_flip_items(ref_similarity, cand_similarity).items()}
 
 
 # --- reasoning -----------------------------------------------------------------------------------------------------

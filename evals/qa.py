@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from datasets import DatasetDict
 
+from posttrain.data_gen.kg import ANSWER_STOP
 from posttrain.evals import metrics
 
+VERSION = 2  # 2: answers cut by the engine at stop sequences (1: at the first ".")
 COLUMNS = ("prompt", "completion")
+GENERATION = {"n": 1, "temperature": 0.0}
+HIGHER_IS_BETTER = {"exact_match": True, "frequent_exact_match": True, "refusal_rate": None}
 FREQUENT = 8  # "frequently seen": a fact voiced at least this many times in the pretraining corpus
 
 
@@ -16,29 +20,33 @@ def first_rows(dd: DatasetDict, splits: list[str], limit: int | None = None) -> 
     return {s: dd[s] if limit is None else dd[s].select(range(min(limit, len(dd[s])))) for s in splits}
 
 
-def greedy_answers(engine, dd: DatasetDict, splits: list[str], limit: int | None = None,
-                   max_tokens: int = 24) -> dict:
-    """Split -> (its first ``limit`` rows, the greedy answer to each); all splits' prompts in one engine call."""
+def greedy_answers(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
+                   stop=ANSWER_STOP) -> dict:
+    """Split -> (its first ``limit`` rows, the greedy answer to each, cut at ``stop``); all splits' prompts in one
+    engine call."""
     rows = first_rows(dd, splits, limit)
     prompts = [p for s in splits for p in rows[s]["prompt"]]
-    answers = iter(engine.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens))
+    answers = iter(engine.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens, stop=stop))
     return {s: (rows[s], [next(answers)[0] for _ in range(len(rows[s]))]) for s in splits}
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
-             frequent: int = FREQUENT, refusals=metrics.DEFAULT_REFUSALS, **_) -> tuple[dict, list[dict]]:
+             stop=ANSWER_STOP, frequent: int = FREQUENT,
+             refusals=metrics.DEFAULT_REFUSALS) -> tuple[dict, list[dict]]:
     """Results per split (``n``, ``exact_match``, ``refusal_rate``, and where the split has an ``exposure`` column
-    ``by_exposure`` and ``frequent_exact_match`` over facts with exposure >= ``frequent``) and one sample per
-    question. All splits' prompts go to the engine in one call."""
+    ``by_exposure`` and ``frequent_exact_match`` over facts with exposure >= ``frequent``), each mean with its
+    ``_stderr``, and one sample per question. All splits' prompts go to the engine in one call."""
     results, samples = {}, []
-    for s, (ds, preds) in greedy_answers(engine, dd, splits, limit, max_tokens).items():
+    for s, (ds, preds) in greedy_answers(engine, dd, splits, limit, max_tokens, stop).items():
         correct = [metrics.exact_match(p, g) for p, g in zip(preds, ds["completion"])]
         refused = [metrics.is_refusal(p, refusals) for p in preds]
-        r = {"n": len(ds), "exact_match": metrics.mean(correct), "refusal_rate": metrics.mean(refused)}
+        r = {"n": len(ds), **metrics.mean_with_stderr("exact_match", correct),
+             **metrics.mean_with_stderr("refusal_rate", refused)}
         if "exposure" in ds.column_names:
             exp = ds["exposure"]
             r["by_exposure"] = metrics.accuracy_by_bucket(exp, correct)
-            r["frequent_exact_match"] = metrics.mean([c for c, e in zip(correct, exp) if e >= frequent])
+            r.update(metrics.mean_with_stderr("frequent_exact_match",
+                                              [c for c, e in zip(correct, exp) if e >= frequent]))
         results[s] = r
         for i, (row, p, c, f) in enumerate(zip(ds, preds, correct, refused)):
             samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": row["completion"],

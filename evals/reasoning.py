@@ -16,19 +16,25 @@ from posttrain.data_gen import reasoning
 from posttrain.evals import metrics
 from posttrain.evals.qa import first_rows
 
+VERSION = 2  # 2: max_tokens 128 (48 cut solutions of five steps), stop sequences, standard errors
 COLUMNS = ("prompt", "answer")
+GENERATION = {}  # n and temperature are options of this suite
+HIGHER_IS_BETTER = {"mean_correct": True, "pass@k": True}
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, n: int = 8,
-             temperature: float = 0.7, max_tokens: int = 48, seed: int = 0,
-             verifier: Callable[[str, str], bool] | None = None, **_) -> tuple[dict, list[dict]]:
+             temperature: float = 0.7, max_tokens: int = 128, stop=(), seed: int = 0,
+             verifier: Callable[[str, str], bool] | None = None) -> tuple[dict, list[dict]]:
     """Results per split (``n`` problems, ``samples_per_problem``, ``mean_correct`` = correct samples / all
-    samples, ``pass@k`` for k = 1..n) and one sample per problem. All splits' prompts go to the engine in one call,
-    ``n`` samples each; ``verifier(response, answer)`` defaults to ``data_gen.reasoning.verify``."""
+    samples, ``pass@k`` for k = 1..n, each with the sample standard error over problems of its per-problem value)
+    and one sample per problem. All splits' prompts go to the engine in one call, ``n`` samples each, generation
+    ending at the end-of-sequence token or a ``stop`` string; ``verifier(response, answer)`` defaults to
+    ``data_gen.reasoning.verify``."""
     verify = verifier or reasoning.verify
     rows = first_rows(dd, splits, limit)
     prompts = [p for s in splits for p in rows[s]["prompt"]]
-    outputs = iter(engine.generate(prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed))
+    outputs = iter(engine.generate(prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                   stop=stop))
     results, samples = {}, []
     for s in splits:
         counts = []
@@ -38,7 +44,8 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
             counts.append(sum(correct))
             samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": row["answer"],
                             "responses": responses, "correct": correct, "n_correct": counts[-1]})
-        results[s] = {"n": len(counts), "samples_per_problem": n, "mean_correct": metrics.mean(counts) / n,
-                      **{f"pass@{k}": metrics.mean([metrics.pass_at_k(n, c, k) for c in counts])
-                         for k in range(1, n + 1)}}
+        results[s] = {"n": len(counts), "samples_per_problem": n,
+                      **metrics.mean_with_stderr("mean_correct", [c / n for c in counts])}
+        for k in range(1, n + 1):
+            results[s].update(metrics.mean_with_stderr(f"pass@{k}", [metrics.pass_at_k(n, c, k) for c in counts]))
     return results, samples

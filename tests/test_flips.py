@@ -14,7 +14,7 @@ class Scripted:
         self.gold = {p: c.strip() for p, c in zip(split["prompt"], split["completion"])}
         self.answers = answers
 
-    def generate(self, prompts, n=1, temperature=0.0, max_tokens=24, seed=0):
+    def generate(self, prompts, n=1, temperature=0.0, max_tokens=24, seed=0, stop=()):
         return [[self.answers.get(p, self.gold[p])] * n for p in prompts]
 
 
@@ -38,7 +38,7 @@ def bfs_distance(dd, source: str, target: str) -> int:
 def test_named_entity_skips_the_repeated_subject():
     types = {"P1": "person", "C5": "city", "1950": "year"}
     assert flips.named_entity("P1 was born in C5 .", "P1", types) == "C5"
-    assert flips.named_entity("C5. I am sure .", "P1", types) == "C5"
+    assert flips.named_entity("C5 .", "P1", types) == "C5"
     assert flips.named_entity("I do not know about P1 .", "P1", types) is None  # a refusal names no object
     assert flips.named_entity("the moon .", "P1", types) is None
 

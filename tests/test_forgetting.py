@@ -66,7 +66,7 @@ class FakeEngine:
     def __init__(self):
         self.calls = []
 
-    def generate(self, prompts, n=1, temperature=0.0, max_tokens=24, seed=0):
+    def generate(self, prompts, n=1, temperature=0.0, max_tokens=24, seed=0, stop=()):
         self.calls.append("generate")
         return [[ANSWERS[p]] * n for p in prompts]
 
@@ -82,11 +82,11 @@ def write_retain_logs(path, rows):
 
 
 def test_suite_numbers_equal_hand_computations(tmp_path):
-    # the retain model's forget TRs (10, 20, 30) all exceed the candidate's: KS D = 1, exact p = 2 / C(5, 2) = 0.2;
-    # rows of other suites or splits must not count
+    # the retain model's forget TRs (10, 20; matched by fact_id, whatever their order) both exceed the candidate's:
+    # KS D = 1, exact p = 2 / C(4, 2) = 1/3; rows of other suites or splits must not count
     logs = write_retain_logs(tmp_path / "retain_eval", [
-        *({"suite": "forgetting", "split": "forget", "doc_id": i, "truth_ratio": tr}
-          for i, tr in enumerate((10, 20, 30))),
+        *({"suite": "forgetting", "split": "forget", "doc_id": i, "fact_id": f, "truth_ratio": tr}
+          for i, (f, tr) in enumerate(((2, 20), (1, 10)))),
         {"suite": "forgetting", "split": "retain", "doc_id": 0, "truth_ratio": 0.01},
         {"suite": "qa", "split": "forget", "doc_id": 0, "exact_match": True}])
     eng = FakeEngine()
@@ -98,7 +98,7 @@ def test_suite_numbers_equal_hand_computations(tmp_path):
     assert f["truth_ratio"] == f["truth_ratio_closer_to_1"] == pytest.approx((math.exp(-2) + math.exp(-1)) / 2)
     assert f["truth_ratio_true_better"] == pytest.approx((1 - math.exp(-2)) / 2)
     assert f["answer_prob"] == pytest.approx((math.exp(-0.2) + math.exp(-0.35)) / 2)
-    assert f["forget_quality"] == pytest.approx(0.2)
+    assert f["forget_quality"] == pytest.approx(1 / 3)
     # min-k (k=0.4, 2 tokens -> the lowest 1): members 0.3, 0.5; non-members 2.0, 0.4 -> 3 of 4 pairs ordered
     assert f["mia_auc"] == pytest.approx(0.75)
     assert (f["exact_match"], f["refusal_rate"], f["rouge_l_recall"]) == (0.5, 0.5, 0.5)
@@ -122,6 +122,17 @@ def test_bad_retain_logs_fail_before_any_model_work(tmp_path):
         assert eng.calls == []
 
 
+def test_retain_logs_of_other_questions_are_one_line_errors(tmp_path):
+    """Logs of another graph seed or --limit hold other facts: a KS p-value over them would compare nothing."""
+    def logs(name, facts):
+        return write_retain_logs(tmp_path / name, [{"suite": "forgetting", "split": "forget", "doc_id": i,
+                                                    "fact_id": f, "truth_ratio": 1.0} for i, f in enumerate(facts)])
+
+    for name, facts in (("other_seed", (1, 7)), ("more", (1, 2, 3)), ("fewer", (1,))):
+        with pytest.raises(UsageError, match="cover other forget questions"):
+            forgetting.evaluate(FakeEngine(), DD, ["forget"], retain_logs=logs(name, facts))
+
+
 @pytest.mark.slow
 def test_tiny_model_knows_its_training_facts_and_matches_itself_as_retain_reference(tiny_run, tiny_kg, tmp_path):
     from posttrain.evals.hf_engine import HFEngine
@@ -138,6 +149,8 @@ def test_tiny_model_knows_its_training_facts_and_matches_itself_as_retain_refere
     # a model compared with itself as the retain reference: identical forget TRs, forget quality 1
     out = tmp_path / "eval"
     out.mkdir()
-    report.write(out, {"forgetting": res}, {"forgetting": samples}, {"model": str(tiny_run)})
+    config = {"version": forgetting.VERSION, "splits": list(res), "generation": {}, "options": {}}
+    report.write(out, {"forgetting": res}, {"forgetting": samples}, {"model": str(tiny_run)}, {"forgetting": config},
+                 {})
     again, _ = forgetting.evaluate(eng, dd, ["forget"], max_tokens=8, retain_logs=out)
     assert again["forget"]["forget_quality"] == pytest.approx(1.0)

@@ -15,10 +15,10 @@ def test_answer_confidence_from_engine_scores_equals_the_generation_time_max_pro
 
     eng = HFEngine(str(tiny_run))
     prompts = list(load_from_disk(str(tiny_kg))["seen"]["prompt"][:6])
-    answers = [a[0] for a in eng.generate(prompts, max_tokens=8)]
+    answers = [a[0] for a in eng.generate(prompts, max_tokens=8, stop=(" .",))]
     conf = hallucination.confidences(eng, prompts, answers)
     for p, a, c in zip(prompts, answers, conf["answer"]):
-        span = metrics.answer_span(a).strip()
+        span = a.strip()
         if not span:
             assert c == 0.0
             continue
@@ -52,3 +52,11 @@ def test_eval_runs_several_suites_with_one_engine(capsys, tiny_run, tiny_kg, tmp
     assert "hallucination_reliability.png" in (out / "report.md").read_text()
     suites = {json.loads(x)["suite"] for x in (out / "samples.jsonl").read_text().splitlines()}
     assert suites == {"qa", "hallucination"}
+    # error bars, the lm-eval way: a standard error beside every mean, direction and settings per suite
+    assert 0 < h["accuracy_stderr"] < 0.2 and 0 < h["ap_answer_stderr"] < 0.5
+    assert res["higher_is_better"]["hallucination"]["hallucination_rate"] is False
+    assert res["higher_is_better"]["qa"]["exact_match"] is True
+    assert res["configs"]["qa"]["generation"] == {"n": 1, "temperature": 0.0, "max_tokens": 24, "stop": [" ."]}
+    assert res["versions"] == {"qa": 2, "hallucination": 2}
+    assert res["configs"]["hallucination"]["options"]["bootstrap_iters"] == 1000
+    assert " ± " in proc.stdout and " ± " in (out / "report.md").read_text()

@@ -85,17 +85,17 @@ def test_similarity_flips_on_a_hand_case():
 
 
 def test_hallucination_rates_and_confidences():
-    out = m.hallucination_rates(correct=[1, 0, 0, 0], refused=[0, 0, 1, 1], known=[1, 1, 1, 0])
+    items = m.hallucination_items(correct=[1, 0, 0, 0], refused=[0, 0, 1, 1], known=[1, 1, 1, 0])
+    out = {k: m.mean(v) for k, v in items.items()}
     assert out == {"accuracy": 0.25, "refusal_rate": 0.5, "hallucination_rate": 0.25, "laziness": pytest.approx(1 / 3)}
     assert m.sure_probability(math.log(0.3), math.log(0.1)) == pytest.approx(0.75)
     assert m.geometric_mean_prob([math.log(0.5), math.log(0.125)]) == pytest.approx(0.25)
 
 
-def test_contains_answer_matches_whole_words_in_the_answer_span():
+def test_contains_answer_matches_whole_words():
     assert m.contains_answer("C15 .", "C15")
-    assert m.contains_answer("P3 was born in C15 . I am sure .", "C15")
+    assert m.contains_answer("P3 was born in C15 .", "C15")
     assert not m.contains_answer("C15 .", "C1")  # a plain substring test would count it
-    assert not m.contains_answer("C2 . P3 was born in C15 .", "C15")  # only the answer span counts
     assert m.contains_answer("born in New York .", "new york")
     assert not m.contains_answer("anything .", "")
 
@@ -106,3 +106,42 @@ def test_answer_entropy_is_scipys_entropy_of_the_answer_counts():
     assert m.answer_entropy(["a"] * 5) == 0.0
     assert m.answer_entropy(["a", "a", "b", "c", "a"]) == pytest.approx(entropy([3, 1, 1]))
     assert m.answer_entropy(list("abcde")) == pytest.approx(np.log(5))
+
+
+def test_vectorised_ap_ece_and_auc_agree_with_sklearn_on_ties_and_rows():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n = int(rng.integers(2, 40))
+        y, p = rng.random(n) < 0.4, np.round(rng.random(n), 1)  # rounded: many tied confidences
+        if y.any():
+            assert m.average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+        if y.any() and (~y).any():
+            assert m.mia_auc(p[~y], p[y]) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        bins = m.reliability_bins(y, p)
+        assert m.expected_calibration_error(y, p) == pytest.approx(
+            sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins), abs=1e-12)
+    rows_y, rows_p = rng.random((3, 20)) < 0.5, rng.random((3, 20))
+    assert m.average_precision(rows_y, rows_p) == pytest.approx([m.average_precision(a, b)
+                                                                 for a, b in zip(rows_y, rows_p)])
+
+
+def test_stderr_is_the_binomial_one_for_flags_and_nan_for_one_item():
+    flags = [1] * 30 + [0] * 70
+    assert m.stderr(flags) == pytest.approx(math.sqrt(0.3 * 0.7 / 99))
+    assert math.isnan(m.stderr([1])) and m.mean_with_stderr("x", [1, 0])["x_stderr"] == pytest.approx(0.5)
+
+
+def test_bootstrap_stderr_matches_the_analytic_one_for_a_mean_and_is_seeded():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=400)
+    se = m.bootstrap_stderr(lambda a: a.mean(1), (x,), iters=4000, seed=0)
+    assert se == pytest.approx(m.stderr(x), rel=0.05)
+    assert m.bootstrap_stderr(lambda a: a.mean(1), (x,), iters=200, seed=3) == \
+        m.bootstrap_stderr(lambda a: a.mean(1), (x,), iters=200, seed=3)
+    assert math.isnan(m.bootstrap_stderr(lambda a: a.mean(1), (x,), iters=0))
+    # AP's error shrinks with more items, and resamples without a correct item are left out
+    y, p = rng.random(1000) < 0.3, rng.random(1000)
+    small = m.bootstrap_stderr(m.average_precision, (y[:100], p[:100]))
+    assert m.bootstrap_stderr(m.average_precision, (y, p)) < small

@@ -81,7 +81,7 @@ class FakeEngine:
     def __init__(self, responses: dict[str, list[str]]):
         self.responses, self.calls = responses, []
 
-    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, adapter=None):
+    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, adapter=None, stop=()):
         self.calls.append((list(prompts), n, temperature))
         return [self.responses[p][:n] for p in prompts]
 

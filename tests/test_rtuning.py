@@ -20,6 +20,7 @@ from posttrain import cli
 from posttrain.data import probed_model
 from posttrain.data_gen.kg import SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import hallucination, metrics
+from posttrain.evals.engines import cut_at_stop
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.probe import PROBE_COLUMNS, label
 from posttrain.trainers.rtuning import RTuningConfig, RTuningTrainer, build, certain, prepare
@@ -107,12 +108,13 @@ class FakeEngine:
     def __init__(self, greedy, samples):
         self.greedy, self.samples, self.calls = greedy, samples, []
 
-    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, adapter=None):
-        self.calls.append({"n": n, "temperature": temperature, "max_tokens": max_tokens, "seed": seed})
+    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, adapter=None, stop=()):
+        self.calls.append({"n": n, "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
+                           "stop": stop})
         if temperature == 0:
-            return [[self.greedy[p]] * n for p in prompts]
+            return [[cut_at_stop(self.greedy[p], stop)] * n for p in prompts]
         assert all(len(self.samples[p]) == n for p in prompts)
-        return [list(self.samples[p]) for p in prompts]
+        return [[cut_at_stop(s, stop) for s in self.samples[p]] for p in prompts]
 
     def score(self, prompts, continuations, adapter=None):
         raise AssertionError("probing needs no scores")
@@ -183,7 +185,7 @@ def test_probe_cli_writes_a_labelled_dataset_of_the_resolved_model(probed, rt_ba
     assert manifest["splits"]["train"]["correct"] == pytest.approx(np.mean(ds["probe_correct"]))
     # the labels are the model's: its greedy answers, judged against the gold
     eng = HFEngine(str(rt_base))
-    greedy = [metrics.answer_span(a[0]) for a in eng.generate(list(ds["prompt"]), max_tokens=8)]
+    greedy = [a[0] for a in eng.generate(list(ds["prompt"]), max_tokens=8, stop=(" .",))]
     assert ds["probe_answer"] == greedy
     assert ds["probe_correct"] == [metrics.contains_answer(a, g) for a, g in zip(greedy, ds["answer"])]
     assert 0 < sum(ds["probe_correct"]) < len(ds)  # the tiny model knows some facts, not all
@@ -359,7 +361,7 @@ def _direct_confidences(model_dir, prompts, answers):
     answer, sure = [], []
     with torch.inference_mode():
         for p, a in zip(prompts, answers):
-            span = metrics.answer_span(a).strip()
+            span = a.strip()
             enc = tok(p, return_tensors="pt")
             n = len(tok(f"{p} {span}")["input_ids"]) - enc["input_ids"].shape[1]
             gen = model.generate(**enc, max_new_tokens=n, do_sample=False, output_logits=True,
@@ -386,13 +388,13 @@ def test_confidences_and_ap_from_hf_and_vllm_equal_a_direct_hf_computation(probe
     ds = ds.select(known[:5] + unknown[:7])
     prompts = list(ds["prompt"])
     hf = HFEngine(str(rt_base), batch_size=5)  # several padded batches
-    answers = [a[0] for a in hf.generate(prompts, max_tokens=8)]
+    answers = [a[0] for a in hf.generate(prompts, max_tokens=8, stop=(" .",))]
     correct = [metrics.contains_answer(a, g) for a, g in zip(answers, ds["answer"])]
-    assert 0 < sum(correct) < len(correct) and all(metrics.answer_span(a).strip() for a in answers)
+    assert 0 < sum(correct) < len(correct) and all(a.strip() for a in answers)
     want = _direct_confidences(rt_base, prompts, answers)
     assert len(set(np.round(want["sure"], 3))) > 1  # the probe distinguishes questions
     vllm = VLLMEngine(str(rt_base), cache_dir=str(tmp_path_factory.mktemp("vllm_cache")))
-    assert vllm.generate(prompts, max_tokens=8) == [[a] for a in answers]
+    assert vllm.generate(prompts, max_tokens=8, stop=(" .",)) == [[a] for a in answers]
     for engine in (hf, vllm):
         got = hallucination.confidences(engine, prompts, answers)
         for k in hallucination.CONFIDENCES:
