@@ -16,14 +16,14 @@ from posttrain.data_gen import reasoning
 from posttrain.evals import metrics
 from posttrain.evals.qa import first_rows
 
-VERSION = 2  # 2: max_tokens 128 (48 cut solutions of five steps), stop sequences, standard errors
+VERSION = 2  # 2: max_tokens 96 (48 cut solutions of five steps), stop sequences, standard errors
 COLUMNS = ("prompt", "answer")
 GENERATION = {}  # n and temperature are options of this suite
 HIGHER_IS_BETTER = {"mean_correct": True, "pass@k": True}
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, n: int = 8,
-             temperature: float = 0.7, max_tokens: int = 128, stop=(), seed: int = 0,
+             temperature: float = 0.7, max_tokens: int = 96, stop=(), seed: int = 0,
              verifier: Callable[[str, str], bool] | None = None) -> tuple[dict, list[dict]]:
     """Results per split (``n`` problems, ``samples_per_problem``, ``mean_correct`` = correct samples / all
     samples, ``pass@k`` for k = 1..n, each with the sample standard error over problems of its per-problem value)
