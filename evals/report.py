@@ -148,7 +148,7 @@ def forget_retain_scatter(path: Path, points: dict[str, tuple[float, float]], me
 
 
 def pass_at_k(result: dict) -> dict[int, float]:
-    return {int(k.split("@")[1]): v for k, v in result.items() if k.startswith("pass@")}
+    return {int(k.split("@")[1]): v for k, v in result.items() if k.startswith("pass@") and not k.endswith("_stderr")}
 
 
 def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], config: dict, configs: dict,

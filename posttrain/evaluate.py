@@ -168,7 +168,7 @@ def suite_config(suite: str, kwargs: dict, splits: list[str]) -> dict:
 def higher_is_better(suite: str, result: dict) -> dict[str, bool | None]:
     """Per scalar metric of a split's result: True / False, or None where it depends on the split."""
     table = SUITES[suite].HIGHER_IS_BETTER
-    names = {k: "pass@k" if k.startswith("pass@") else k for k in result}
+    names = {k: "pass@k" if k.startswith("pass@") else k for k in result if not k.endswith("_stderr")}
     return {k: table[name] for k, name in names.items() if name in table}
 
 

@@ -4,7 +4,7 @@ these tests run, they are not skipped."""
 
 import pytest
 
-from posttrain.evals.engines import make_engine
+from posttrain.evals.engines import cut_at_stop, make_engine
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.evals.vllm_engine import VLLMEngine
 
@@ -25,13 +25,35 @@ def _mixed(lora):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop", [(), (" .",)])
 @pytest.mark.parametrize("which", ["base", "adapter", "mixed"])
-def test_greedy_text_is_identical(engines, tiny_lora, which):
+def test_greedy_text_is_identical(engines, tiny_lora, which, stop):
     hf, vllm = engines
     adapter = {"base": None, "adapter": str(tiny_lora), "mixed": _mixed(tiny_lora)}[which]
-    want = hf.generate(PROMPTS, max_tokens=12, adapter=adapter)
-    assert vllm.generate(PROMPTS, max_tokens=12, adapter=adapter) == want
+    want = hf.generate(PROMPTS, max_tokens=12, adapter=adapter, stop=stop)
+    assert vllm.generate(PROMPTS, max_tokens=12, adapter=adapter, stop=stop) == want
     assert all(len(a) == 1 and a[0] for a in want)
+
+
+@pytest.mark.slow
+def test_stop_strings_cut_where_cut_at_stop_does(engines):
+    hf, vllm = engines
+    full = vllm.generate(PROMPTS, max_tokens=12)
+    longest = max((f[0] for f in full), key=len).split()
+    stop = (" " + longest[1], " .")  # cuts the longest answer after its second word
+    # the testbed decodes every token with the space before it, so the raw text is " " + the stripped one
+    want = [[cut_at_stop(" " + f[0], stop).strip()] for f in full]
+    assert vllm.generate(PROMPTS, max_tokens=12, stop=stop) == hf.generate(PROMPTS, max_tokens=12, stop=stop) == want
+    assert len(longest) > 2 and any(w != f for w, f in zip(want, full))
+
+
+@pytest.mark.slow
+def test_the_engine_runs_with_the_cpu_settings(engines):
+    _, vllm = engines
+    config = vllm.llm.llm_engine.vllm_config
+    assert (vllm.device, vllm.dtype, str(config.model_config.dtype)) == ("cpu", "float32", "torch.float32")
+    assert config.model_config.enforce_eager and config.load_config.load_format == "safetensors"
+    assert config.cache_config.kv_cache_memory_bytes == 1 << 30
 
 
 @pytest.mark.slow
@@ -85,13 +107,17 @@ def test_an_undeclared_adapter_is_refused(engines, tmp_path):
         vllm.generate(PROMPTS[:1], adapter=str(tmp_path))
 
 
-def test_auto_picks_vllm_when_installed(monkeypatch):
+@pytest.mark.parametrize("installed, cuda, want", [(True, True, "vllm"), (True, False, "hf"), (False, True, "hf"),
+                                                   (False, False, "hf")])
+def test_auto_picks_vllm_on_a_gpu_and_hf_on_cpu(monkeypatch, installed, cuda, want):
+    """The rule measured by benchmarks/eval_suites.py: vLLM loses to HF on CPU (see ``default_engine``)."""
+    import torch
+
     import posttrain.evals.engines as engines_mod
 
-    seen = {}
-    monkeypatch.setitem(engines_mod.ENGINES, "vllm", lambda model, **kw: seen.setdefault("vllm", model))
-    monkeypatch.setitem(engines_mod.ENGINES, "hf", lambda model, **kw: seen.setdefault("hf", model))
-    make_engine("auto", "m")
-    monkeypatch.setattr(engines_mod, "vllm_available", lambda: False)
-    make_engine("auto", "m")
-    assert seen == {"vllm": "m", "hf": "m"}
+    monkeypatch.setattr(engines_mod, "vllm_available", lambda: installed)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    for kind in ("hf", "vllm"):
+        monkeypatch.setitem(engines_mod.ENGINES, kind, lambda model, kind=kind, **kw: (kind, model))
+    assert make_engine("auto", "m") == (want, "m")
+    assert make_engine("vllm", "m") == ("vllm", "m")

@@ -23,10 +23,10 @@ def _results(out):
 
 @pytest.mark.slow
 def test_a_lora_run_is_evaluated_on_its_base_with_flips_against_the_base(tiny_lora, tiny_run, tiny_kg, tmp_path):
-    """The default engine (vLLM here) serves the adapter and the reference base model from one engine."""
+    """vLLM serves the adapter and the reference base model from one engine."""
     out = tmp_path / "eval"
     proc = posttrain("eval", tiny_lora, "--data", tiny_kg, "--suite", "qa,flips", "--reference", tiny_run,
-                     "--splits", "seen,unseen", "--limit", "24", "--output", out, check=True)
+                     "--splits", "seen,unseen", "--limit", "24", "--engine", "vllm", "--output", out, check=True)
     assert "negative_flip_rate" in proc.stdout
     doc = json.loads((out / "results.json").read_text())
     assert doc["config"]["adapter"] == str(tiny_lora) and doc["config"]["model"] == str(tiny_run)
