@@ -94,10 +94,10 @@ def severity(answers: list[str], subjects: list[str], golds: list[str], gold_typ
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
              stop=ANSWER_STOP, reference=None) -> tuple[dict, list[dict]]:
-    """Per split: ``n``, both models' exact match, ``metrics.flip_rates`` (by exact match), ``rouge_*`` =
-    ``metrics.similarity_flips`` with S = ROUGE-L recall of the answer span against the gold completion, and the
-    mistake severity (``nf_*``) of the negative flips; one sample per question. Each model answers all splits in
-    one engine call. Every rate carries a ``_stderr`` (sample standard error over the questions it averages)."""
+    """Per split: ``n``, both models' exact match, the means of ``metrics.flip_items`` (by exact match),
+    ``rouge_*`` = the means of ``metrics.similarity_flip_items`` with S = ROUGE-L recall of the answer against the
+    gold completion, and the mistake severity (``nf_*``) of the negative flips; one sample per question. Each model
+    answers all splits in one engine call. Every rate carries a ``_stderr`` (sample standard error over the questions it averages)."""
     if reference is None:
         raise UsageError("the flips suite needs --reference RUN")
     types = entity_types(dd)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from datasets import DatasetDict
 
 from posttrain.data_gen.kg import ANSWER_STOP
@@ -119,7 +118,7 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         prob = [metrics.geometric_mean_prob(lp[0]) for lp in per_split[s]]
         ratios = [metrics.truth_ratio(nll(lp[1]), [nll(x) for x in lp[2:]]) for lp in per_split[s]]
         min_k = [metrics.min_k_prob_score(lp[0], MIN_K) for lp in per_split[s]]
-        closer, better = np.minimum(ratios, np.divide(1.0, ratios)), np.maximum(0.0, np.subtract(1.0, ratios))
+        closer, better = metrics.truth_ratio_items(ratios).values()
         quality = metrics.forget_quality(ratios, reference) if s == "forget" and reference else float("nan")
         r = {"n": len(ds)}
         for name, values in (("exact_match", correct), ("refusal_rate", refused), ("rouge_l_recall", rouge),

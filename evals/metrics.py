@@ -181,15 +181,12 @@ def truth_ratio(paraphrased_nll: float, perturbed_nll: Sequence[float]) -> float
     return float(np.exp(paraphrased_nll - np.mean(perturbed_nll)))
 
 
-def truth_ratio_closer_to_1(ratios: Sequence[float]) -> float:
-    """Forget-set aggregate: mean_i min(TR_i, 1/TR_i)."""
+def truth_ratio_items(ratios: Sequence[float]) -> dict[str, np.ndarray]:
+    """Per-question scores whose means are the truth-ratio aggregates:
+    truth_ratio_closer_to_1 = min(TR_i, 1/TR_i) (forget set: mean near 1 = the model cannot tell true from false);
+    truth_ratio_true_better = max(0, 1 - TR_i) (retain set: high = the true answer is clearly preferred)."""
     r = np.asarray(ratios, dtype=float)
-    return mean(np.minimum(r, 1.0 / r))
-
-
-def truth_ratio_true_better(ratios: Sequence[float]) -> float:
-    """Retain-set aggregate: mean_i max(0, 1 - TR_i)."""
-    return mean(np.maximum(0.0, 1.0 - np.asarray(ratios, dtype=float)))
+    return {"truth_ratio_closer_to_1": np.minimum(r, 1.0 / r), "truth_ratio_true_better": np.maximum(0.0, 1.0 - r)}
 
 
 def forget_quality(ratios: Sequence[float], reference_ratios: Sequence[float]) -> float:
@@ -225,35 +222,25 @@ def mia_auc(member_scores, nonmember_scores):
 
 def flip_items(ref_correct: Sequence[bool], cand_correct: Sequence[bool], ref_answers: Sequence[str],
                cand_answers: Sequence[str]) -> dict[str, np.ndarray]:
-    """The per-item flags whose means are ``flip_rates``."""
+    """Per-item flags against a reference (old) model on the same N items; the rates are their means:
+    negative_flip_rate = (1/N) sum 1[ref right and candidate wrong];
+    positive_flip_rate = (1/N) sum 1[ref wrong and candidate right];
+    inconsistency_flip_rate = (1/N) sum 1[candidate wrong and candidate answer != reference answer];
+    agreement = (1/N) sum 1[candidate answer == reference answer] (answers compared after normalize)."""
     rc, cc = np.asarray(ref_correct, dtype=bool), np.asarray(cand_correct, dtype=bool)
     same = np.array([normalize(a) == normalize(b) for a, b in zip(ref_answers, cand_answers)], dtype=bool)
     return {"negative_flip_rate": rc & ~cc, "positive_flip_rate": ~rc & cc, "inconsistency_flip_rate": ~cc & ~same,
             "agreement": same}
 
 
-def flip_rates(ref_correct: Sequence[bool], cand_correct: Sequence[bool], ref_answers: Sequence[str],
-               cand_answers: Sequence[str]) -> dict[str, float]:
-    """Against a reference (old) model on the same N items:
-    negative_flip_rate = (1/N) sum 1[ref right and candidate wrong];
-    positive_flip_rate = (1/N) sum 1[ref wrong and candidate right];
-    inconsistency_flip_rate = (1/N) sum 1[candidate wrong and candidate answer != reference answer];
-    agreement = (1/N) sum 1[candidate answer == reference answer] (answers compared after normalize)."""
-    return {k: mean(v) for k, v in flip_items(ref_correct, cand_correct, ref_answers, cand_answers).items()}
-
-
 def similarity_flip_items(ref_similarity: Sequence[float], cand_similarity: Sequence[float]) -> dict[str, np.ndarray]:
-    """The per-item values whose means are ``similarity_flips``."""
+    """Flips of generated text scored by a similarity S to the target, D_i = S(candidate_i) - S(reference_i); the
+    metrics are the means of these per-item values:
+    positive_flip_rate = (1/N) sum 1[D_i > 0]; negative_flip_rate = (1/N) sum 1[D_i < 0];
+    mean_gain = mean of D_i over D_i > 0; mean_regression = mean of |D_i| over D_i < 0 (NaN when none)."""
     d = np.asarray(cand_similarity, dtype=float) - np.asarray(ref_similarity, dtype=float)
     return {"positive_flip_rate": d > 0, "negative_flip_rate": d < 0, "mean_gain": d[d > 0],
             "mean_regression": -d[d < 0]}
-
-
-def similarity_flips(ref_similarity: Sequence[float], cand_similarity: Sequence[float]) -> dict[str, float]:
-    """Flips of generated text scored by a similarity S to the target, D_i = S(candidate_i) - S(reference_i):
-    positive_flip_rate = (1/N) sum 1[D_i > 0]; negative_flip_rate = (1/N) sum 1[D_i < 0];
-    mean_gain = mean of D_i over D_i > 0; mean_regression = mean of |D_i| over D_i < 0 (NaN when none)."""
-    return {k: mean(v) for k, v in similarity_flip_items(ref_similarity, cand_similarity).items()}
 
 
 # --- reasoning -----------------------------------------------------------------------------------------------------

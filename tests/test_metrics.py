@@ -52,8 +52,8 @@ def test_truth_ratio_and_its_aggregates():
     tr = m.truth_ratio(1.0, [2.0, 3.0])
     pbar = lambda nll: math.exp(-nll)  # noqa: E731
     assert tr == pytest.approx(math.sqrt(pbar(2.0) * pbar(3.0)) / pbar(1.0))
-    assert m.truth_ratio_closer_to_1([0.5, 2.0]) == pytest.approx(0.5)
-    assert m.truth_ratio_true_better([0.5, 2.0]) == pytest.approx(0.25)
+    items = m.truth_ratio_items([0.5, 2.0])
+    assert list(items["truth_ratio_closer_to_1"]) == [0.5, 0.5] and list(items["truth_ratio_true_better"]) == [0.5, 0]
 
 
 def test_forget_quality_is_the_ks_p_value():
@@ -72,14 +72,14 @@ def test_min_k_prob_and_mia_auc():
 def test_flip_rates_on_a_hand_case():
     ref_ok, cand_ok = [1, 1, 0, 0, 1], [1, 0, 1, 0, 0]
     ref, cand = ["a", "b", "x", "y", "c"], ["a", "z", "c", "w", "c "]
-    out = m.flip_rates(ref_ok, cand_ok, ref, cand)
+    out = {k: m.mean(v) for k, v in m.flip_items(ref_ok, cand_ok, ref, cand).items()}
     # item 1 and 4 are negative flips; item 4 repeats the reference answer, so it is no inconsistency flip
     assert out == {"negative_flip_rate": 0.4, "positive_flip_rate": 0.2, "inconsistency_flip_rate": 0.4,
                    "agreement": 0.4}
 
 
 def test_similarity_flips_on_a_hand_case():
-    out = m.similarity_flips([0.5, 0.5, 0.5, 0.5], [0.9, 0.3, 0.5, 0.4])
+    out = {k: m.mean(v) for k, v in m.similarity_flip_items([0.5, 0.5, 0.5, 0.5], [0.9, 0.3, 0.5, 0.4]).items()}
     assert out["positive_flip_rate"] == 0.25 and out["negative_flip_rate"] == 0.5
     assert out["mean_gain"] == pytest.approx(0.4) and out["mean_regression"] == pytest.approx(0.15)
 
