@@ -97,7 +97,8 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
     """Per split: ``n``, both models' exact match, the means of ``metrics.flip_items`` (by exact match),
     ``rouge_*`` = the means of ``metrics.similarity_flip_items`` with S = ROUGE-L recall of the answer against the
     gold completion, and the mistake severity (``nf_*``) of the negative flips; one sample per question. Each model
-    answers all splits in one engine call. Every rate carries a ``_stderr`` (sample standard error over the questions it averages)."""
+    answers all splits in one engine call. Every rate carries a ``_stderr`` (sample standard error over the
+    questions it averages)."""
     if reference is None:
         raise UsageError("the flips suite needs --reference RUN")
     types = entity_types(dd)

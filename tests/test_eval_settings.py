@@ -24,8 +24,8 @@ def _run(tmp_path, tiny_run, config):
 
 
 def test_the_runs_refusals_and_certainty_suffix_come_from_its_run_json(tmp_path, tiny_run):
-    refusal = _run(tmp_path, tiny_run, {"method": "rtuning", "variant": "refusal", "refusals": ["There is no known case ."],
-                                        "sure_question": "Sure ?"})
+    refusal = _run(tmp_path, tiny_run, {"method": "rtuning", "variant": "refusal",
+                                        "refusals": ["There is no known case ."], "sure_question": "Sure ?"})
     got = trained_settings(Target(str(refusal)))
     assert got["refusals"] == (*metrics.DEFAULT_REFUSALS, "There is no known case .")
     assert got["certainty_suffix"] is False and got["sure_question"] == "Sure ?"
