@@ -54,7 +54,8 @@ def split_table(results: dict) -> str:
 
 
 def exposure_table(by_exposure: dict) -> str:
-    return table(["exposure", "n", "exact_match"], [[b, v["n"], v["accuracy"]] for b, v in by_exposure.items()])
+    return table(["exposure", "n", "exact_match"], [[b, v["n"], cell({"m": v["accuracy"], "m_stderr": v["stderr"]}, "m")]
+                                                    for b, v in by_exposure.items()])
 
 
 def summary(results: dict[str, dict]) -> str:
