@@ -35,10 +35,10 @@ def testbed(work: Path) -> tuple[str, str]:
                                                     str(work / "base")])), str(data)
 
 
-def random_llama(path: Path, vocab: int = 4096) -> str:
-    """A seeded random ~30M-parameter Llama with a word tokenizer over w0..w{vocab-5} (head size 64 for vLLM's
-    CPU attention)."""
-    tok = build_word_tokenizer([" ".join(f"w{i}" for i in range(vocab - 4))])
+def random_llama(path: Path, tok=None, vocab: int = 4096) -> str:
+    """A seeded random ~30M-parameter Llama (head size 64 for vLLM's CPU attention) with tokenizer ``tok``, by
+    default a word tokenizer over w0..w{vocab-5}."""
+    tok = tok or build_word_tokenizer([" ".join(f"w{i}" for i in range(vocab - 4))])
     model = scratch_llama(tok, hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=1408,
                           max_position_embeddings=256)
     model.save_pretrained(path)

@@ -22,32 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from eval_engines import random_llama, testbed  # benchmarks/ is on sys.path when run as a script
 from posttrain.evals.engines import default_engine
+from posttrain.modeling import load_tokenizer
 
 ENGINES = ("vllm", "hf")
-
-
-def testbed(work: Path) -> tuple[str, str]:
-    from posttrain.gen import gen
-    from posttrain.train import train
-
-    data = gen("kg", work / "kg", ["--seed", "0"])
-    return str(train("recipes/testbed/base.yaml", ["--dataset_path", str(data), "--output_dir",
-                                                    str(work / "base")])), str(data)
-
-
-def random_llama(tokenizer_from: str, path: Path) -> str:
-    """A seeded random ~26M-parameter Llama (head size 64 for vLLM's CPU attention) with ``tokenizer_from``'s
-    tokenizer."""
-    from posttrain.modeling import load_tokenizer, scratch_llama
-
-    tok = load_tokenizer(tokenizer_from)
-    model = scratch_llama(tok, hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=1408,
-                          max_position_embeddings=256)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    print(f"random Llama: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
-    return str(path)
 
 
 def eval_seconds(engine: str, model: str, data: str, suites: str, limit: int | None, out: Path) -> float:
@@ -77,7 +56,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-suites-"))
     model, data = (args.model, args.data) if args.model else testbed(work)
     if args.random_llama:
-        model = random_llama(model, work / "random-llama")
+        model = random_llama(work / "random-llama", load_tokenizer(model))
     print(f"posttrain eval {model} --data {data} --suite {args.suite}" + (f" --limit {args.limit}" if args.limit
           else "") + f"; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average {load()}")
     best = dict.fromkeys(ENGINES, float("inf"))
