@@ -57,6 +57,11 @@ METHODS: dict[str, Method] = {
                           splits=("forget",), optional=()),
     "grad_diff": Method("posttrain.trainers.grad_diff", "GradDiffConfig", "GradDiffTrainer",
                         splits=("forget", "retain"), optional=()),
+    "npo": Method("posttrain.trainers.npo", "NPOConfig", "NPOTrainer", splits=("forget", "retain"), optional=()),
+    "simnpo": Method("posttrain.trainers.simnpo", "SimNPOConfig", "SimNPOTrainer", splits=("forget", "retain"),
+                     optional=()),
+    "idk_sft": Method("posttrain.trainers.idk_sft", "IdkSFTConfig", "IdkSFTTrainer", splits=("forget", "retain"),
+                      optional=(), columns=("prompt", "completion", "entity")),
 }
 
 

@@ -1,0 +1,107 @@
+"""IdkSFT (IdkNLL): fine-tune the forget questions onto "I don't know" answers while keeping the retain set (TOFU's
+"idk" baseline, Maini et al., arXiv 2401.06121; open-unlearning's forget data ``QAwithIdkDataset``;
+METHODS.md §9.2).
+
+The data step (``prepare``) rewrites every forget completion to a refusal drawn at random (seeded: ``data_seed``,
+else ``seed``) from ``refusals``, with ``{s}`` filled in by the item's ``entity`` (the testbed's refusals name the
+subject, as its experts' declines do: ``posttrain.data_gen.kg.REFUSALS``, the default); then
+
+    L = forget_weight · CE(forget question → refusal) + retain_weight · CE(retain),
+
+each CE the mean token cross-entropy of that half's answers (prompt masked), each forget item paired with a random
+retain item as in ``unlearn.py``. ``posttrain train`` saves the rewritten forget split (with the original answer in
+``original_completion``) in the run. What differs from ``UnlearnTrainer``: ``prepare`` and ``compute_loss``; the
+trainer takes only the rewrite. Rejected, because they would silently misapply it: no non-empty refusal, a refusal
+with a placeholder other than ``{s}``, ``{s}`` with a forget item whose ``entity`` is empty, ``retain_weight <= 0``
+(the retain split would be read and ignored), a forget split that was not rewritten (plain SFT on the forget answers
+teaches them), and the shared checks of ``unlearn.py`` (run on the original answers). The registry keeps the
+``entity`` column, so a dataset needs one (empty strings do when no refusal names the subject). Left out: IdkDPO
+(the refusal preferred over the forget answer, NPO's reference), and open-unlearning's drawing of a fresh refusal at
+every access (here one per item, fixed by the seed).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+
+import numpy as np
+from datasets import Dataset
+
+from posttrain.data_gen.kg import REFUSALS
+from posttrain.errors import ConfigError
+from posttrain.trainers import Prepared
+from posttrain.trainers import unlearn
+from posttrain.trainers.unlearn import ForgetRetain, UnlearnConfig, UnlearnTrainer
+
+__all__ = ["IdkSFTConfig", "IdkSFTTrainer", "build", "prepare"]
+
+ORIGINAL = "original_completion"
+
+
+@dataclass
+class IdkSFTConfig(UnlearnConfig):
+    refusals: list[str] = field(default_factory=lambda: list(REFUSALS), metadata={
+        "help": "The 'I don't know' answers, one drawn per forget item; '{s}' is replaced by its entity."})
+    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain NLL (open-unlearning's alpha)."})
+
+    def __post_init__(self):
+        if not [r for r in self.refusals if r.strip()]:
+            raise ConfigError("refusals is empty: IdkSFT needs at least one non-empty refusal to answer the forget "
+                              "questions with")
+        for r in self.refusals:
+            fields = {f for _, f, _, _ in string.Formatter().parse(r) if f is not None}
+            if fields - {"s"}:
+                raise ConfigError(f"refusal {r!r} has placeholder(s) {', '.join(sorted(fields - {'s'}))}: only {{s}} "
+                                  "(the item's entity) is filled in")
+        if self.retain_weight <= 0:
+            raise ConfigError(f"retain_weight must be positive, got {self.retain_weight}: IdkSFT reads the retain "
+                              "split for its retain term")
+        super().__post_init__()
+
+
+def build(forget: Dataset, args: IdkSFTConfig) -> Dataset:
+    """The forget split with each completion replaced by a seeded random refusal: prompt, completion,
+    original_completion."""
+    refusals = [r.strip() for r in args.refusals if r.strip()]
+    rng = np.random.default_rng(args.data_seed if args.data_seed is not None else args.seed)
+    entities = forget["entity"] if "entity" in forget.column_names else [""] * len(forget)
+    completions = []
+    for i, entity in enumerate(entities):
+        r = refusals[int(rng.integers(len(refusals)))]
+        if "{s}" in r and not str(entity or "").strip():
+            raise ConfigError(f"forget item {i} has no entity for the refusal {r!r}: give the split an 'entity' "
+                              "column or use refusals without {s}")
+        completions.append(" " + r.format(s=entity))
+    return Dataset.from_dict({"prompt": list(forget["prompt"]), "completion": completions,
+                              ORIGINAL: list(forget["completion"])})
+
+
+def prepare(data: dict[str, Dataset], args: IdkSFTConfig, model_name: str = "") -> Prepared:
+    """The registry's data step: ``unlearn.prepare``'s checks on the original pairs, then the forget split rewritten
+    to refusals (``build``) and paired with the retain split."""
+    checked = unlearn.prepare(data, args, model_name)
+    if "retain" not in checked.train.parts:
+        raise ConfigError("IdkSFT needs a retain split (dataset_retain_split)")
+    forget = build(data["forget"], args)
+    stats = {**checked.stats, "refusals": len(set(forget["completion"]))}
+    return Prepared(ForgetRetain(forget, checked.train.parts["retain"], checked.train.seed), None, stats)
+
+
+class IdkSFTTrainer(UnlearnTrainer):
+    """forget_weight x the NLL of the refusals + retain_weight x the retain NLL; see the module docstring."""
+
+    parts = ("forget", "retain")
+
+    def __init__(self, model, args: IdkSFTConfig, train_dataset: ForgetRetain, *a, **kwargs):
+        forget = getattr(train_dataset, "parts", {}).get("forget")
+        if forget is not None and ORIGINAL not in forget.column_names:
+            raise ConfigError("the forget split is not IdkSFT's rewrite (no 'original_completion' column): training "
+                              "on it would teach the forget answers; build it with posttrain.trainers.idk_sft.prepare")
+        super().__init__(model, args, train_dataset, *a, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        forget, outputs = self.nll(model, inputs["forget"], "forget")
+        retain, _ = self.nll(model, inputs["retain"], "retain")
+        loss = self.args.forget_weight * forget + self.args.retain_weight * retain
+        return (loss, outputs) if return_outputs else loss

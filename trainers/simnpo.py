@@ -1,0 +1,67 @@
+"""SimNPO: simple, reference-free NPO (Fan, Liu, Lin, Jia, Zhang, Mei, Liu; arXiv 2410.07163; open-unlearning's
+``SimNPO``; METHODS.md §9.2).
+
+Per forget item, the length-normalised log-probability of its answer, lp = log π_θ(y|x) / |y| (sum over the answer
+tokens, prompt masked, divided by their number), and L = forget_weight · L_SimNPO + retain_weight · CE(retain), with
+
+    L_SimNPO = −(2/β) · mean log σ(−β·lp − δ).
+
+No reference model: NPO's π_ref is replaced by the length normalisation, and δ is a reward margin (the paper's γ;
+named ``delta`` here, as in open-unlearning, because γ is already ``forget_weight``). Defaults are
+open-unlearning's: β = 4.5, δ = 0, forget_weight = 0.125 (its γ, "npo_coeff"), retain_weight = 1 (its α), retain
+loss the mean token NLL. β sets where it stops pushing: the gradient is weighted by 2·σ(β·lp + δ), about 1e-4 at
+β = 4.5 for answers whose mean token log-probability is −2 already.
+The margin is applied as in the paper, after scaling; open-unlearning writes σ(β·(−lp − δ)), i.e. β·δ — the same at
+the default δ = 0. What differs from ``UnlearnTrainer``: ``compute_loss``; logged per step beside ``forget_nll`` and
+``retain_nll``: ``simnpo_loss`` (L_SimNPO). Rejected, because they would silently misapply it: ``beta <= 0``,
+``retain_weight <= 0`` (the retain split would be read and ignored), and the shared checks of ``unlearn.py``.
+Left out: open-unlearning's ``retain_loss_type: KL``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from posttrain.trainers.npo import answer_logps, check_beta, check_retain_weight
+from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, prepare
+
+__all__ = ["SimNPOConfig", "SimNPOTrainer", "prepare", "simnpo_loss"]
+
+
+def simnpo_loss(logp: torch.Tensor, length: torch.Tensor, beta: float, delta: float = 0.0) -> torch.Tensor:
+    """−(2/β) · mean log σ(−β·logp/length − δ) over the batch."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * logp / length - delta).mean()
+
+
+@dataclass
+class SimNPOConfig(UnlearnConfig):
+    forget_weight: float = field(default=0.125, metadata={
+        "help": "Weight of the forget term (open-unlearning's gamma, 'npo_coeff')."})
+    beta: float = field(default=4.5, metadata={"help": "SimNPO's inverse temperature β."})
+    delta: float = field(default=0.0, metadata={"help": "SimNPO's reward margin (the paper's γ)."})
+    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain NLL (open-unlearning's alpha)."})
+
+    def __post_init__(self):
+        check_beta(self.beta)
+        check_retain_weight(self.retain_weight, "SimNPO")
+        super().__post_init__()
+
+
+class SimNPOTrainer(UnlearnTrainer):
+    """forget_weight x L_SimNPO(forget) + retain_weight x the retain NLL; see the module docstring."""
+
+    parts = ("forget", "retain")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = inputs["forget"]
+        _, outputs = self.nll(model, batch, "forget")
+        logp, length = answer_logps(outputs.logits, batch["labels"])
+        forget = simnpo_loss(logp, length.clamp(min=1), self.args.beta, self.args.delta)
+        retain, _ = self.nll(model, inputs["retain"], "retain")
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["simnpo_loss"].append(forget.detach().item())
+        loss = self.args.forget_weight * forget + self.args.retain_weight * retain
+        return (loss, outputs) if return_outputs else loss
