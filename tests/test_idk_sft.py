@@ -7,14 +7,13 @@ import json
 import pytest
 from datasets import Dataset, load_from_disk
 
-from conftest import cli
 from posttrain.data_gen.kg import REFUSALS
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.evals.metrics import is_refusal
 from posttrain.modeling import load_model, load_tokenizer
 from posttrain.trainers.idk_sft import IdkSFTConfig, IdkSFTTrainer, prepare
 from posttrain.trainers.unlearn import prepare as unlearn_prepare
-from test_unlearn import LORA, _nll, _unlearn
+from test_unlearn import LORA, _nll, _rejected, _unlearn
 
 
 def _data(kg):
@@ -104,10 +103,4 @@ def test_after_training_the_model_answers_forget_questions_with_a_refusal(tiny_r
 ])
 def test_settings_that_would_misapply_idk_sft_exit_2_with_one_line(capsys, tiny_run, tiny_kg, tmp_path, flags,
                                                                     message):
-    out = tmp_path / "run"
-    proc = cli(capsys, "train", "unlearn/idk_sft.yaml", "--model_name_or_path", tiny_run, "--dataset_path", tiny_kg,
-               "--output_dir", out, *flags)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("posttrain:")]
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("posttrain: error:") and message in lines[0]
-    assert not out.exists()
+    _rejected(capsys, "idk_sft", tiny_run, tiny_kg, tmp_path / "run", flags, message)

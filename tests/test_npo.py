@@ -9,11 +9,10 @@ import torch
 from datasets import load_from_disk
 from peft import LoraConfig
 
-from conftest import cli
 from posttrain.modeling import load_model, load_tokenizer
 from posttrain.trainers.npo import NPOConfig, NPOTrainer, answer_logps, npo_loss
 from posttrain.trainers.unlearn import PairedCollator, prepare
-from test_unlearn import LORA, _nll, _unlearn
+from test_unlearn import LORA, _nll, _rejected, _unlearn
 
 
 def test_answer_logps_sums_the_answer_tokens_only():
@@ -67,10 +66,4 @@ def test_npo_forgets_the_forget_answers_and_keeps_the_retain_ones_closer(tiny_ru
     (["--dataset_retain_split", ""], "npo reads a retain split"),
 ])
 def test_settings_that_would_misapply_npo_exit_2_with_one_line(capsys, tiny_run, tiny_kg, tmp_path, flags, message):
-    out = tmp_path / "run"
-    proc = cli(capsys, "train", "unlearn/npo.yaml", "--model_name_or_path", tiny_run, "--dataset_path", tiny_kg,
-               "--output_dir", out, *flags)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("posttrain:")]
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("posttrain: error:") and message in lines[0]
-    assert not out.exists()
+    _rejected(capsys, "npo", tiny_run, tiny_kg, tmp_path / "run", flags, message)

@@ -8,12 +8,11 @@ import pytest
 import torch
 from datasets import load_from_disk
 
-from conftest import cli
 from posttrain.modeling import load_model, load_tokenizer
 from posttrain.trainers.npo import answer_logps
 from posttrain.trainers.simnpo import SimNPOConfig, SimNPOTrainer, simnpo_loss
 from posttrain.trainers.unlearn import PairedCollator, prepare
-from test_unlearn import LORA, _nll, _unlearn
+from test_unlearn import LORA, _nll, _rejected, _unlearn
 
 
 def test_simnpo_loss_is_the_papers_formula():
@@ -69,10 +68,4 @@ def test_simnpo_forgets_the_forget_answers_and_keeps_the_retain_ones_closer(tiny
 ])
 def test_settings_that_would_misapply_simnpo_exit_2_with_one_line(capsys, tiny_run, tiny_kg, tmp_path, flags,
                                                                    message):
-    out = tmp_path / "run"
-    proc = cli(capsys, "train", "unlearn/simnpo.yaml", "--model_name_or_path", tiny_run, "--dataset_path", tiny_kg,
-               "--output_dir", out, *flags)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("posttrain:")]
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("posttrain: error:") and message in lines[0]
-    assert not out.exists()
+    _rejected(capsys, "simnpo", tiny_run, tiny_kg, tmp_path / "run", flags, message)

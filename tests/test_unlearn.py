@@ -29,6 +29,17 @@ def _unlearn(method, base, kg, out, *extra):
                                             "--output_dir", str(out), *FAST, *map(str, extra)])
 
 
+def _rejected(capsys, method, base, kg, out, flags, message):
+    """`posttrain train unlearn/<method>.yaml` with ``flags`` exits 2 with one line containing ``message`` (no
+    traceback) and writes nothing at ``out``."""
+    proc = cli(capsys, "train", f"unlearn/{method}.yaml", "--model_name_or_path", base, "--dataset_path", kg,
+               "--output_dir", out, *flags)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("posttrain:")]  # past progress bars
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("posttrain: error:") and message in lines[0]
+    assert not out.exists()
+
+
 def _nll(run, base, kg, split):
     """Mean per-token NLL of a split's answers under a run (a model, or a LoRA adapter on ``base``)."""
     ds = load_from_disk(str(kg))[split]
@@ -239,13 +250,8 @@ def test_init_adapter_is_the_starting_point_and_is_trained(tiny_run, tiny_kg, ti
 ])
 def test_settings_that_would_misapply_graddiff_exit_2_with_one_line(capsys, tiny_run, tiny_kg, tmp_path, case,
                                                                       flags, message):
-    out = tmp_path / "run"
-    proc = cli(capsys, "train", "unlearn/grad_diff.yaml", "--model_name_or_path", tiny_run, "--dataset_path", tiny_kg,
-               "--output_dir", out, *flags)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("posttrain:")]  # past progress bars
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("posttrain: error:") and message in lines[0]
-    assert not out.exists() and not list(tmp_path.iterdir())
+    _rejected(capsys, "grad_diff", tiny_run, tiny_kg, tmp_path / "run", flags, message)
+    assert not list(tmp_path.iterdir())
 
 
 def test_trainer_rejects_unpaired_data(tiny_run, tmp_path):

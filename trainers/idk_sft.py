@@ -32,7 +32,7 @@ from posttrain.data_gen.kg import REFUSALS
 from posttrain.errors import ConfigError
 from posttrain.trainers import Prepared
 from posttrain.trainers import unlearn
-from posttrain.trainers.unlearn import ForgetRetain, UnlearnConfig, UnlearnTrainer
+from posttrain.trainers.unlearn import ForgetRetain, UnlearnConfig, UnlearnTrainer, check_retain_weight
 
 __all__ = ["IdkSFTConfig", "IdkSFTTrainer", "build", "prepare"]
 
@@ -54,9 +54,7 @@ class IdkSFTConfig(UnlearnConfig):
             if fields - {"s"}:
                 raise ConfigError(f"refusal {r!r} has placeholder(s) {', '.join(sorted(fields - {'s'}))}: only {{s}} "
                                   "(the item's entity) is filled in")
-        if self.retain_weight <= 0:
-            raise ConfigError(f"retain_weight must be positive, got {self.retain_weight}: IdkSFT reads the retain "
-                              "split for its retain term")
+        check_retain_weight(self.retain_weight, "IdkSFT")
         super().__post_init__()
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from posttrain.errors import ConfigError
-from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, prepare
+from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, check_retain_weight, prepare
 
 __all__ = ["NPOConfig", "NPOTrainer", "answer_logps", "npo_loss", "prepare"]
 
@@ -52,12 +52,6 @@ def check_beta(beta: float) -> None:
     if not beta > 0:
         raise ConfigError(f"beta must be positive, got {beta}: it is the inverse temperature of the preference loss "
                           "(beta <= 0 leaves it undefined or rewards the forget answers)")
-
-
-def check_retain_weight(retain_weight: float, method: str) -> None:
-    if retain_weight <= 0:
-        raise ConfigError(f"retain_weight must be positive, got {retain_weight}: {method} reads the retain split "
-                          "for its retain term")
 
 
 @dataclass
@@ -85,8 +79,7 @@ class NPOTrainer(UnlearnTrainer):
         log_ratio = logp - ref
         forget = npo_loss(log_ratio, self.args.beta)
         retain, _ = self.nll(model, inputs["retain"], "retain")
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["npo_loss"].append(forget.detach().item())
-        self._metrics[mode]["log_ratio"].append(log_ratio.detach().mean().item())
+        self.record("npo_loss", forget)
+        self.record("log_ratio", log_ratio.mean())
         loss = self.args.forget_weight * forget + self.args.retain_weight * retain
         return (loss, outputs) if return_outputs else loss

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from posttrain.trainers.npo import answer_logps, check_beta, check_retain_weight
-from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, prepare
+from posttrain.trainers.npo import answer_logps, check_beta
+from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, check_retain_weight, prepare
 
 __all__ = ["SimNPOConfig", "SimNPOTrainer", "prepare", "simnpo_loss"]
 
@@ -61,7 +61,6 @@ class SimNPOTrainer(UnlearnTrainer):
         logp, length = answer_logps(outputs.logits, batch["labels"])
         forget = simnpo_loss(logp, length.clamp(min=1), self.args.beta, self.args.delta)
         retain, _ = self.nll(model, inputs["retain"], "retain")
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["simnpo_loss"].append(forget.detach().item())
+        self.record("simnpo_loss", forget)
         loss = self.args.forget_weight * forget + self.args.retain_weight * retain
         return (loss, outputs) if return_outputs else loss

@@ -32,6 +32,13 @@ from posttrain.trainers.sft import SFTConfig, SFTTrainer, check_max_length, toke
 PARTS = ("forget", "retain")
 
 
+def check_retain_weight(retain_weight: float, method: str) -> None:
+    """A method with a retain term needs it: weight 0 would read the retain split and ignore it."""
+    if retain_weight <= 0:
+        raise ConfigError(f"retain_weight must be positive, got {retain_weight}: {method} reads the retain split "
+                          "for its retain term")
+
+
 @dataclass
 class UnlearnConfig(SFTConfig):
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term (open-unlearning's gamma)."})
@@ -146,9 +153,12 @@ class UnlearnTrainer(SFTTrainer):
         self.train_dataset = train_dataset
         self.reference = Reference(self.model) if self.uses_reference else None
 
+    def record(self, name: str, value: torch.Tensor) -> None:
+        """Log ``value`` (a scalar tensor) as ``name`` beside TRL's per-step metrics."""
+        self._metrics["train" if self.model.training else "eval"][name].append(value.detach().float().item())
+
     def nll(self, model, batch: dict[str, torch.Tensor], name: str):
         """HF's mean cross-entropy over ``batch``'s completion tokens, and the outputs; logged as ``<name>_nll``."""
         outputs = model(**batch, use_cache=False)
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode][f"{name}_nll"].append(outputs.loss.detach().float().item())
+        self.record(f"{name}_nll", outputs.loss)
         return outputs.loss, outputs
