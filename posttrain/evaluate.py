@@ -239,7 +239,8 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
               "batch_size": batch_size, "reference": reference, "seed": seed, "bootstrap_iters": bootstrap_iters,
               "options": {k: v for k, v in given.items() if k != "reference"}, "trained_with": trained,
               "command": sys.argv, "wall_time_s": round(time.time() - start, 3)}
-    better = {suite: higher_is_better(suite, next(iter(res.values()))) for suite, res in results.items()}
+    better = {suite: higher_is_better(suite, {k: v for r in res.values() for k, v in r.items()})
+              for suite, res in results.items()}
     with atomic_dir(out) as tmp:
         report.write(tmp, results, samples, config, configs, better)
     return out, results, samples
