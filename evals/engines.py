@@ -49,12 +49,6 @@ def groups_by_adapter(adapter: Adapter, n: int) -> list[tuple[str | None, list[i
     return list(groups.items())
 
 
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to and including the earliest occurrence of any stop string (all of it when none occurs)."""
-    ends = [i + len(s) for s in stop if s and (i := text.find(s)) >= 0]
-    return text[:min(ends)] if ends else text
-
-
 def default_device() -> str:
     """cuda when a CUDA GPU is visible, else cpu."""
     import torch

@@ -7,7 +7,8 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, StoppingCriteria
 
 from posttrain import modeling
-from posttrain.evals.engines import (batches, checkpoint_dtype, common_prefix, cut_at_stop, default_device,
+from posttrain.answers import cut_at_stop
+from posttrain.evals.engines import (batches, checkpoint_dtype, common_prefix, default_device,
                                     groups_by_adapter, resolve_dtype)
 
 SCORE_CHUNK_BYTES = 1 << 28  # fp32 log-softmax computed at most this many bytes at a time

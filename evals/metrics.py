@@ -6,19 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from posttrain.answers import exact_match, is_degenerate, normalize, refusal_subject  # noqa: F401 (the suites' metrics)
+
 DEFAULT_REFUSALS = ("i do not know",)
 EXPOSURE_BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, None))
-
-
-def normalize(text: str) -> str:
-    """Lower-case, whitespace collapsed."""
-    return " ".join(text.lower().split())
-
-
-def exact_match(prediction: str, gold: str) -> bool:
-    """EM = 1[normalize(prediction) == normalize(gold)]. The prediction is the generation as the engine cut it at
-    the suite's stop sequences (the testbed's " ." kept), so a certainty phrase after the answer is not part of it."""
-    return normalize(prediction) == normalize(gold)
 
 
 def is_refusal(text: str, phrases: Sequence[str] = DEFAULT_REFUSALS) -> bool:

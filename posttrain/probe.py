@@ -23,7 +23,7 @@ from posttrain.data import load_data, split
 from posttrain.data_gen.kg import ANSWER_STOP
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
-from posttrain.evals.engines import cut_at_stop
+from posttrain.answers import cut_at_stop
 from posttrain.runs import atomic_dir, check_output, write_json
 
 COLUMNS = ("prompt", "completion")

@@ -82,11 +82,16 @@ def prepare(recipe: Recipe, method: Method, dd: DatasetDict, names: dict[str, st
         return method.load(method.prepare)(data, recipe.train, model_name)
 
 
-def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None = None) -> Path:
+def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None = None,
+          extra: dict | None = None) -> Path:
+    """Run a recipe; ``extra`` goes into the run's ``run.json``."""
     start = time.time()
     recipe = parse(recipe_path, overrides)
     check_output(recipe.train.output_dir, recipe.train.overwrite_output_dir)
     _, trainer_cls, method = get_method(recipe.method)
+    if method.before:
+        with rejections(recipe.method):
+            method.load(method.before)(recipe, train)
     names = split_names(recipe, method)
     dd = load_data(recipe.data.dataset_path)
     prepared = prepare(recipe, method, dd, names)
@@ -114,6 +119,7 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
             info["train_data"] = {"path": TRAIN_DATA, "splits": names, "rows": len(train_ds), **prepared.stats}
             info["train_metrics"] = result.metrics
             info["log_history"] = trainer.state.log_history
+            info.update(extra or {})
             write_json(tmp / "run.json", info)
         trainer.accelerator.wait_for_everyone()
     return final

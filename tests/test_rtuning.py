@@ -20,7 +20,7 @@ from posttrain import cli
 from posttrain.data import probed_model
 from posttrain.data_gen.kg import SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import hallucination, metrics
-from posttrain.evals.engines import cut_at_stop
+from posttrain.answers import cut_at_stop
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.probe import PROBE_COLUMNS, label
 from posttrain.trainers.rtuning import RTuningConfig, RTuningTrainer, build, certain, prepare

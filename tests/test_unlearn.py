@@ -30,9 +30,10 @@ def _unlearn(method, base, kg, out, *extra):
 
 
 def _rejected(capsys, method, base, kg, out, flags, message):
-    """`posttrain train unlearn/<method>.yaml` with ``flags`` exits 2 with one line containing ``message`` (no
-    traceback) and writes nothing at ``out``."""
-    proc = cli(capsys, "train", f"unlearn/{method}.yaml", "--model_name_or_path", base, "--dataset_path", kg,
+    """`posttrain train unlearn/<method>.yaml` (or ``method`` itself when it is a recipe path) with ``flags`` exits
+    2 with one line containing ``message`` (no traceback) and writes nothing at ``out``."""
+    recipe = method if method.endswith(".yaml") else f"unlearn/{method}.yaml"
+    proc = cli(capsys, "train", recipe, "--model_name_or_path", base, "--dataset_path", kg,
                "--output_dir", out, *flags)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("posttrain:")]  # past progress bars
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr

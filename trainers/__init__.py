@@ -20,7 +20,8 @@ ROLES = ("train", "eval", "forget", "retain")  # recipe keys dataset_<role>_spli
 class Method:
     """``module``: the method's module; ``config``, ``trainer``, ``prepare``: names of its TRL config, its trainer
     and its data step in that module; ``splits``: the roles it needs; ``optional``: roles it reads when the recipe
-    names a split for them; ``columns``: what each of those splits must have (only these are kept)."""
+    names a split for them; ``columns``: what each of those splits must have (only these are kept); ``before``: a function of the module that
+    ``posttrain train`` calls with the recipe before anything else (RULE's first stage), which may change it."""
 
     module: str
     config: str
@@ -29,6 +30,7 @@ class Method:
     optional: tuple[str, ...] = ("eval",)
     columns: tuple[str, ...] = ("prompt", "completion")
     prepare: str = "prepare"
+    before: str | None = None  # a function of the module run first: (recipe, posttrain.train.train) -> None
 
     def load(self, name: str):
         return getattr(import_module(self.module), name)
@@ -62,6 +64,10 @@ METHODS: dict[str, Method] = {
                      optional=()),
     "idk_sft": Method("posttrain.trainers.idk_sft", "IdkSFTConfig", "IdkSFTTrainer", splits=("forget", "retain"),
                       optional=(), columns=("prompt", "completion", "entity")),
+    "rule_rs": Method("posttrain.trainers.rule", "RejectionSteeringConfig", "RejectionSteeringTrainer",
+                      columns=("prompt", "completion", "kind"), prepare="prepare_rs"),
+    "rule": Method("posttrain.trainers.rule", "RULEConfig", "RULETrainer", optional=(),
+                   columns=("prompt", "kind", "target", "gold"), before="run_stage_one"),
 }
 
 

@@ -1,0 +1,265 @@
+"""RULE: Reinforcement UnLEarning (Zhang et al., arXiv 2506.07171; METHODS.md §2). Unlearning as refusal-boundary
+optimisation, in two stages on the data of ``posttrain gen boundary`` (its ``rule`` split: forget queries with a
+refusal naming their target, ``kind`` "forget", and boundary queries about neighbouring entities with their gold
+answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as many boundary queries, as in the paper).
+
+* Stage 1, rejection steering (``method: rule_rs``, ``RejectionSteeringConfig``): plain SFT (posttrain's
+  ``SFTTrainer``, loss on the completion) from the forget queries to their refusals; ``rejection_only: false`` adds
+  the boundary queries with their answers (DESIGN.md's variant; the paper's ``reject_target.json`` holds refusals
+  only).
+* Stage 2, refusal-boundary optimisation (``method: rule``, ``RULEConfig`` / ``RULETrainer``): TRL's GRPO with
+  several sampled completions per prompt, KL to the stage-1 model (``beta``; k3 estimator, TRL's and the paper's
+  ``low_var_kl``) and the verifiable reward of METHODS.md §2.4 (``rule_reward``), strict as the issue's prototype
+  taught: a completion is cut at ``stop`` as the evaluation cuts it, then
+
+      forget query:   r = 0.5·[refusal] + 0.5·[refusal naming the target]
+      boundary query: r = 0.5·[answers] + 0.5·[answers correctly]
+
+  where a refusal is a *full* match of one of ``refusals`` (``posttrain.answers.refusal_subject``), "answers" = no refusal,
+  no three words in a row of a refusal template in it ("I do not know C5 ." hedges) and not junk, "correctly" = exact match with the gold answer (normalised), and a
+  completion that is junk (``answers.is_degenerate``: not ended by a stop string, or words repeated back to back)
+  and no refusal scores ``-junk_penalty``. The paper's reward has no junk term and judges correctness by ROUGE-L
+  recall > 0.3, which on the testbed's one-word answers any answer naming the object passes; the penalty is the
+  prototype's fix for "I do not know not know …". Logged per step: ``rule/refusal``, ``rule/named_refusal``,
+  ``rule/junk``, ``rule/correct`` (rates over the step's completions of each kind) beside TRL's
+  ``frac_reward_zero_std``.
+
+``method: rule`` with ``stage: both`` (the default) runs stage 1 first with the recipe ``rs_recipe`` (its model,
+data, seed and LoRA settings taken from this recipe) into ``rs_output_dir`` (default ``<output_dir>-rs``), then
+stage 2 on its result: with full fine-tuning the stage-1 model, with LoRA the stage-1 adapter trained further, TRL
+keeping a frozen copy of it as the reference — in both cases the KL reference is the stage-1 model. A finished
+stage-1 run made from the same settings is reused, so a run that failed in stage 2 resumes at stage 2 (within a
+stage, training restarts). ``stage: rebo`` runs stage 2 alone on ``model_name_or_path``.
+
+What differs from TRL's ``GRPOTrainer``: the reward functions are fixed (RULE's, from the config), the dataset must
+hold RULE's columns, and device-aware precision (bf16 only on CUDA, no gradient checkpointing by default) as in
+posttrain's SFT. Rejected, because they would silently misapply the method: ``beta <= 0`` (no KL to the stage-1
+model), ``num_generations < 2`` (one completion per group has zero advantage), no refusal template with ``{s}``
+(the naming half of the reward could never be earned), a training set without forget or without boundary queries
+(without boundary queries refusing everything earns full reward), and reward functions or weights from the caller.
+Left out: the paper's PPO and REINFORCE++ variants, its regex refusal detector (replaced by the full match) and its
+"naturalness" judge.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import trl
+from datasets import Dataset
+
+from posttrain.data_gen.kg import ANSWER_STOP, REFUSALS
+from posttrain.errors import ConfigError
+from posttrain.answers import cut_at_stop, exact_match, is_degenerate, normalize, refusal_subject
+from posttrain.trainers import Prepared
+from posttrain.trainers.sft import SFTConfig, SFTTrainer, cuda_bf16
+
+__all__ = ["RejectionSteeringConfig", "RejectionSteeringTrainer", "RULEConfig", "RULETrainer", "rule_reward", "prepare", "prepare_rs",
+           "run_stage_one"]
+
+KINDS = ("forget", "boundary")
+STAGES = ("both", "rebo")
+
+
+def trigrams(text: str) -> set[tuple[str, ...]]:
+    """The runs of three words of each line of normalize(text)'s lines (a template's ``{s}`` breaks the line)."""
+    out = set()
+    for line in text.lower().split("\n"):
+        w = line.split()
+        out |= {tuple(w[i: i + 3]) for i in range(len(w) - 2)}
+    return out
+
+
+def judge(completion: str, kind: str, target: str, gold: str, refusals, stop, junk_penalty: float) -> dict:
+    """RULE's reward for one completion (see the module docstring) and what it saw: ``reward``, ``refusal``,
+    ``named`` (a refusal naming ``target``), ``junk`` and ``correct``."""
+    text = cut_at_stop(completion, stop)
+    subject = refusal_subject(text, refusals)
+    refused = subject is not None
+    named = refused and subject == normalize(target)
+    # a refusal phrase inside an answer ("I do not know C5 .") is no answer: any three words in a row of a template
+    hedged = refused or bool(trigrams(text) & set().union(*(trigrams(r.replace("{s}", "\n")) for r in refusals)))
+    junk = not refused and is_degenerate(text, stop)
+    correct = kind == "boundary" and not hedged and exact_match(text, gold)
+    if junk:
+        reward = -junk_penalty
+    elif kind == "forget":
+        reward = 0.5 * refused + 0.5 * named
+    else:
+        reward = 0.5 * (not hedged) + 0.5 * correct
+    return {"reward": reward, "refusal": refused, "named": named, "junk": junk, "correct": correct}
+
+
+def rule_reward(completion: str, kind: str, target: str, gold: str, refusals=REFUSALS, stop=ANSWER_STOP,
+                junk_penalty: float = 0.5) -> float:
+    """The reward of one completion; ``judge`` says why."""
+    return judge(completion, kind, target, gold, refusals, stop, junk_penalty)["reward"]
+
+
+def check_columns(ds: Dataset, need: tuple[str, ...], what: str) -> None:
+    missing = [c for c in need if c not in ds.column_names]
+    if missing:
+        raise ConfigError(f"the training set has no {', '.join(map(repr, missing))} column: {what} trains on the "
+                          "'rule' split of `posttrain gen boundary`")
+    kinds = set(ds["kind"])
+    if not kinds <= set(KINDS):
+        raise ConfigError(f"unknown kind(s) {sorted(kinds - set(KINDS))} in the training set (known: forget, boundary)")
+
+
+# ---- stage 1: rejection steering -------------------------------------------------------------------------------
+
+@dataclass
+class RejectionSteeringConfig(SFTConfig):
+    rejection_only: bool = field(default=True, metadata={
+        "help": "Train on the forget queries' refusals only (the paper); false adds the boundary queries' answers."})
+
+
+class RejectionSteeringTrainer(SFTTrainer):
+    """Stage 1: posttrain's SFT on ``prepare_rs``'s rows, unchanged."""
+
+
+def prepare_rs(data: dict[str, Dataset], args: RejectionSteeringConfig, model_name: str = "") -> Prepared:
+    """Stage 1's data: the forget rows (and, unless ``rejection_only``, the boundary rows) as prompt/completion."""
+    train = data["train"]
+    check_columns(train, ("prompt", "completion", "kind"), "rejection steering")
+    keep = [i for i, k in enumerate(train["kind"]) if k == "forget" or not args.rejection_only]
+    if not any(k == "forget" for k in train["kind"]):
+        raise ConfigError("the training set has no forget queries to refuse")
+    out = train.select(keep).select_columns(["prompt", "completion"])
+    return Prepared(out, data.get("eval"), {"forget": sum(k == "forget" for k in train["kind"]),
+                                            "boundary": len(keep) - sum(k == "forget" for k in train["kind"])})
+
+
+# ---- stage 2: refusal-boundary optimisation with GRPO ----------------------------------------------------------
+
+@dataclass
+class RULEConfig(trl.GRPOConfig):
+    refusals: list[str] = field(default_factory=lambda: list(REFUSALS), metadata={
+        "help": "Well-formed refusals, '{s}' the target; a completion must match one in full to count as one."})
+    stop: list[str] = field(default_factory=lambda: list(ANSWER_STOP), metadata={
+        "help": "Completions are cut after the first of these before they are judged (as the evaluation cuts)."})
+    junk_penalty: float = field(default=0.5, metadata={"help": "Reward -junk_penalty for junk that is no refusal."})
+    stage: str = field(default="both", metadata={
+        "help": "'both': rejection steering (rs_recipe) first, then GRPO on its result; 'rebo': GRPO alone."})
+    rs_recipe: str = field(default="rule/rejection_steering.yaml", metadata={"help": "Stage 1's recipe."})
+    rs_output_dir: str | None = field(default=None, metadata={
+        "help": "Where stage 1's run goes (and is reused from); default <output_dir>-rs."})
+    beta: float = field(default=0.01, metadata={"help": "KL coefficient to the stage-1 model (paper: 1e-2)."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16; default: on for a CUDA device that has it."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (memory for time)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing output_dir."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = cuda_bf16() and not self.fp16
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if not self.beta > 0:
+            raise ConfigError(f"beta must be positive, got {self.beta}: RULE keeps the policy near the stage-1 "
+                              "model by a KL term")
+        if self.num_generations is not None and self.num_generations < 2:
+            raise ConfigError(f"num_generations must be at least 2, got {self.num_generations}: GRPO's advantage "
+                              "of a group of one is zero")
+        if not any("{s}" in r for r in self.refusals):
+            raise ConfigError("no refusal names the target ('{s}'): half of the forget reward could never be earned")
+        if self.junk_penalty < 0:
+            raise ConfigError(f"junk_penalty must be >= 0, got {self.junk_penalty}")
+        if self.reward_weights is not None:
+            raise ConfigError("reward_weights do not apply: RULE's reward is one function")
+        super().__post_init__()
+
+
+def prepare(data: dict[str, Dataset], args: RULEConfig, model_name: str = "") -> Prepared:
+    """Stage 2's data: the prompts with what the reward reads (kind, target, gold)."""
+    train = data["train"]
+    check_columns(train, ("prompt", "kind", "target", "gold"), "RULE")
+    kinds = list(train["kind"])
+    for kind in KINDS:
+        if kind not in kinds:
+            raise ConfigError(f"the training set has no {kind} queries: RULE needs both (without boundary queries "
+                              "refusing everything earns full reward)")
+    out = train.select_columns(["prompt", "kind", "target", "gold"])
+    return Prepared(out, None, {k: kinds.count(k) for k in KINDS})
+
+
+class RULEReward:
+    """TRL reward function ``f(prompts, completions, completion_ids, **columns)``; logs the rates per kind."""
+
+    __name__ = "rule"
+
+    def __init__(self, args: RULEConfig):
+        self.args = args
+
+    def __call__(self, prompts, completions, completion_ids=None, kind=(), target=(), gold=(), log_metric=None,
+                 **_columns):
+        seen = [judge(c, k, t, g, self.args.refusals, self.args.stop, self.args.junk_penalty)
+                for c, k, t, g in zip(completions, kind, target, gold)]
+        if log_metric is not None:
+            for k in KINDS:
+                rows = [s for s, kk in zip(seen, kind) if kk == k]
+                for name in ("refusal", "junk") + (("named",) if k == "forget" else ("correct",)):
+                    if rows:
+                        log_metric(f"rule/{k}_{name}", float(np.mean([s[name] for s in rows])))
+        return [s["reward"] for s in seen]
+
+
+class RULETrainer(trl.GRPOTrainer):
+    """GRPO with RULE's reward; see the module docstring."""
+
+    def __init__(self, model, args: RULEConfig, train_dataset: Dataset, eval_dataset=None, processing_class=None,
+                 reward_funcs=None, **kwargs):
+        if not isinstance(args, RULEConfig):
+            raise ConfigError("RULETrainer needs a RULEConfig")
+        if reward_funcs is not None:
+            raise ConfigError("RULETrainer sets its own reward function (RULE's, from the config)")
+        check_columns(train_dataset, ("prompt", "kind", "target", "gold"), "RULE")
+        super().__init__(model=model, reward_funcs=[RULEReward(args)], args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Save the trained adapter only: TRL's frozen reference copy ("ref") is no part of the result."""
+        model = self.accelerator.unwrap_model(self.model)
+        if "ref" in getattr(model, "peft_config", {}):
+            output_dir = output_dir or self.args.output_dir
+            model.save_pretrained(output_dir, selected_adapters=["default"])
+            return
+        super()._save(output_dir, state_dict)
+
+
+# ---- the two-stage run -----------------------------------------------------------------------------------------
+
+def stage_one_overrides(recipe, out: Path) -> list[str]:
+    """Stage 1's flags from the stage-2 recipe: its model, data, seed and LoRA settings."""
+    m, d = recipe.model, recipe.data
+    flags = ["--dataset_path", d.dataset_path, "--dataset_train_split", d.dataset_train_split,
+             "--seed", str(recipe.train.seed), "--output_dir", str(out), "--use_peft", str(m.use_peft).lower()]
+    flags += ["--model_name_or_path", m.model_name_or_path] if m.model_name_or_path else []
+    if m.use_peft:
+        flags += ["--lora_r", str(m.lora_r), "--lora_alpha", str(m.lora_alpha), "--lora_dropout", str(m.lora_dropout)]
+        if m.lora_target_modules:
+            targets = m.lora_target_modules
+            flags += ["--lora_target_modules", *([targets] if isinstance(targets, str) else targets)]
+    return flags
+
+
+def run_stage_one(recipe, train_fn) -> None:
+    """``stage: both``: stage 1 (reused when a finished run of the same settings is at ``rs_output_dir``), then
+    point the recipe at its result. ``train_fn``: ``posttrain.train.train``."""
+    args = recipe.train
+    if args.stage != "both":
+        return
+    if recipe.data.init_adapter:
+        raise ConfigError("init_adapter does not apply with stage: both (stage 2 starts from stage 1's run)")
+    out = Path(args.rs_output_dir or f"{args.output_dir.rstrip('/')}-rs")
+    flags = stage_one_overrides(recipe, out)
+    done = out / "run.json"
+    if not (done.is_file() and json.loads(done.read_text()).get("stage_flags") == [args.rs_recipe, *flags]):
+        train_fn(args.rs_recipe, [*flags, "--overwrite_output_dir", str(args.overwrite_output_dir).lower()],
+                 extra={"stage_flags": [args.rs_recipe, *flags]})
+    if recipe.model.use_peft:
+        recipe.data.init_adapter = str(out)  # stage 2 trains stage 1's adapter further; TRL freezes a copy as ref
+    else:
+        recipe.model.model_name_or_path = str(out)
