@@ -2,7 +2,11 @@
 open-unlearning's implementation of its metrics (METHODS.md §9.4). Per split, with nll(a) = -mean_t log p(a_t | q,
 a_<t) the mean token NLL of answer a to question q:
 
-* ``exact_match``, ``refusal_rate``: of the greedy answer;
+* ``exact_match``, ``refusal_rate``: of the greedy answer; ``wrong_rate`` = mean_i 1[neither right nor refused] (how
+  GradAscent and NPO "forget": by answering wrongly, not by refusing); ``junk_rate`` = mean_i 1[the answer is
+  degenerate] (``answers.is_degenerate``: unfinished at the token limit, or words repeated back to back);
+  ``named_refusal_rate`` = mean_i 1[refused and the answer names the row's ``entity``] (RULE's targeted refusal;
+  NaN without an ``entity`` column);
 * ``rouge_l_recall`` = mean_i LCS(greedy answer, gold) / |gold| in words (``rouge-score``);
 * ``answer_prob`` = mean_i exp(-nll(gold_i));
 * ``truth_ratio``: per question TR = exp(-mean_j nll(perturbed_j)) / exp(-nll(paraphrased)) over the row's
@@ -32,10 +36,12 @@ from posttrain.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.evals.qa import first_rows, greedy_answers
 
-VERSION = 2  # 2: answers cut at stop sequences; retain logs matched question by question
+VERSION = 3  # 2: answers cut at stop sequences; retain logs matched question by question; 3: wrong, junk and
+# named-refusal rates
 GENERATION = {"n": 1, "temperature": 0.0}
 COLUMNS = ("prompt", "completion", "paraphrased_answer", "perturbed_answers")
-HIGHER_IS_BETTER = {"exact_match": None, "refusal_rate": None, "rouge_l_recall": None, "answer_prob": None,
+HIGHER_IS_BETTER = {"exact_match": None, "refusal_rate": None, "wrong_rate": False, "junk_rate": False,
+                    "named_refusal_rate": None, "rouge_l_recall": None, "answer_prob": None,
                     "truth_ratio": None, "truth_ratio_closer_to_1": None, "truth_ratio_true_better": None,
                     "forget_quality": True, "mia_auc": None}  # lower on the forget split, higher on the others
 MIN_K = 0.4
@@ -114,6 +120,11 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         gold = list(ds["completion"])
         correct = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
         refused = [metrics.is_refusal(a, refusals) for a in answers]
+        wrong = [not c and not r for c, r in zip(correct, refused)]
+        junk = [metrics.is_degenerate(a, stop) for a in answers]
+        entities = ds["entity"] if "entity" in ds.column_names else None
+        named = None if entities is None else [r and metrics.normalize(str(e)) in metrics.normalize(a).split()
+                                               for a, r, e in zip(answers, refused, entities)]
         rouge = [metrics.rouge_l_recall(a, g) for a, g in zip(answers, gold)]
         prob = [metrics.geometric_mean_prob(lp[0]) for lp in per_split[s]]
         ratios = [metrics.truth_ratio(nll(lp[1]), [nll(x) for x in lp[2:]]) for lp in per_split[s]]
@@ -121,10 +132,13 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         closer, better = metrics.truth_ratio_items(ratios).values()
         quality = metrics.forget_quality(ratios, reference) if s == "forget" and reference else float("nan")
         r = {"n": len(ds)}
-        for name, values in (("exact_match", correct), ("refusal_rate", refused), ("rouge_l_recall", rouge),
+        for name, values in (("exact_match", correct), ("refusal_rate", refused), ("wrong_rate", wrong),
+                             ("junk_rate", junk), ("rouge_l_recall", rouge),
                              ("answer_prob", prob), ("truth_ratio", closer if s == "forget" else better),
                              ("truth_ratio_closer_to_1", closer), ("truth_ratio_true_better", better)):
             r.update(metrics.mean_with_stderr(name, values))
+        r.update(metrics.mean_with_stderr("named_refusal_rate", named) if named is not None
+                 else {"named_refusal_rate": float("nan"), "named_refusal_rate_stderr": float("nan")})
         r["forget_quality"] = quality
         r["mia_auc"] = metrics.mia_auc(min_k, nonmember_scores) if nonmember_scores else float("nan")
         r["mia_auc_stderr"] = (metrics.bootstrap_stderr(metrics.mia_auc, (min_k,), (nonmember_scores,),
@@ -133,7 +147,7 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         results[s] = r
         for i, row in enumerate(ds):
             samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": gold[i],
-                            "response": answers[i], "exact_match": correct[i], "refused": refused[i],
+                            "response": answers[i], "exact_match": correct[i], "refused": refused[i], "junk": junk[i],
                             "rouge_l_recall": rouge[i], "truth_ratio": ratios[i], "answer_prob": prob[i],
                             "min_k_score": min_k[i], "fact_id": row.get("fact_id")})
     return results, samples

@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="label a fine-tuning set by what a model knows (R-Tuning's first step)",
                         allow_abbrev=False)
     pr.add_argument("model", help="model directory (the model R-Tuning will fine-tune)")
-    pr.add_argument("--data", required=True, help="dataset directory written by `posttrain gen`")
+    pr.add_argument("--data", required=True, help="a `posttrain gen` directory, a data file or directory, or NAME=PATH,...")
     pr.add_argument("--splits", default="train", help="comma-separated splits to label (default: train)")
     pr.add_argument("--out", required=True, help="directory for the labelled dataset")
     pr.add_argument("--k", type=int, default=5, help="sampled answers per question (R-Tuning-U's entropy)")

@@ -1,5 +1,5 @@
-"""Datasets on disk: load a ``posttrain gen`` directory or a user's own eval data, pick a split, read what a probe
-recorded in it.
+"""Datasets on disk: load a ``posttrain gen`` directory or a user's own data (files, TOFU's layout), pick a split,
+read what a probe recorded in it.
 
 The data layer of DESIGN.md's arrows (data → trainers → runs; evals read data too): trainers, ``posttrain probe``
 and ``posttrain eval`` import from here, so a trainer never pulls in ``posttrain.train`` or the eval stack.
@@ -18,11 +18,27 @@ from posttrain.errors import UsageError
 
 
 def load_data(path: str | None) -> DatasetDict:
+    """The training data ``path`` (a recipe's ``dataset_path``) names: a ``posttrain gen`` directory (any saved
+    DatasetDict) or anything else ``load_eval_data`` reads — a saved Dataset, a ``.jsonl``/``.json``/``.csv``/
+    ``.parquet`` file or a directory of them, or ``NAME=PATH[,NAME=PATH...]`` — with its columns: a TOFU-layout split
+    (``question``, ``answer``, ``paraphrased_answer``, ``perturbed_answer``) gets ``prompt`` = question and
+    ``completion`` = " " + answer, so ``forget=tofu/forget10.json,retain=tofu/retain90.json`` with
+    ``dataset_forget_split: forget`` and ``dataset_retain_split: retain`` trains any unlearning method. A split with
+    ``question`` and ``answer`` and no ``entity`` column also gets ``entity`` = "" (TOFU names no subject): IdkSFT then
+    runs with refusals without ``{s}`` (``--refusals "I don't know."``) and rejects, in one line, those that need a
+    subject. Bad input raises a one-line ``UsageError``."""
     if not path:
-        raise UsageError("no dataset: set dataset_path (a directory written by `posttrain gen`)")
-    if not (Path(path) / "dataset_dict.json").is_file():
-        raise UsageError(f"dataset directory not found or not a saved DatasetDict: {path}")
-    return load_from_disk(path)
+        raise UsageError("no dataset: set dataset_path (a `posttrain gen` directory, a data file or directory, or "
+                         "NAME=PATH[,NAME=PATH...])")
+    dd = load_eval_data(path)
+    return DatasetDict({name: with_entity(ds) for name, ds in dd.items()})
+
+
+def with_entity(ds: Dataset) -> Dataset:
+    """A TOFU-layout split (``question`` and ``answer``) without an ``entity`` column gets an empty one."""
+    if not {"question", "answer"} <= set(ds.column_names) or "entity" in ds.column_names:
+        return ds
+    return ds.add_column("entity", [""] * len(ds))
 
 
 READERS = {".jsonl": Dataset.from_json, ".json": Dataset.from_json, ".csv": Dataset.from_csv,

@@ -22,7 +22,7 @@ from posttrain.trainers import METHODS, get_method
 @dataclass
 class DataArguments:
     method: str = field(default="sft", metadata={"help": f"Trainer to use: one of {', '.join(sorted(METHODS))}."})
-    dataset_path: str | None = field(default=None, metadata={"help": "A DatasetDict saved with save_to_disk."})
+    dataset_path: str | None = field(default=None, metadata={"help": "A `posttrain gen` directory, a data file or directory (TOFU's layout too), or NAME=PATH,..."})
     dataset_train_split: str = field(default="corpus", metadata={"help": "Split to train on."})
     dataset_eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate the loss on."})
     dataset_forget_split: str | None = field(default=None, metadata={"help": "Split to unlearn (unlearning methods)."})

@@ -102,15 +102,28 @@ def test_suite_numbers_equal_hand_computations(tmp_path):
     # min-k (k=0.4, 2 tokens -> the lowest 1): members 0.3, 0.5; non-members 2.0, 0.4 -> 3 of 4 pairs ordered
     assert f["mia_auc"] == pytest.approx(0.75)
     assert (f["exact_match"], f["refusal_rate"], f["rouge_l_recall"]) == (0.5, 0.5, 0.5)
+    assert (f["wrong_rate"], f["junk_rate"], r["wrong_rate"], r["junk_rate"]) == (0.0, 0.0, 1.0, 0.0)
+    assert math.isnan(f["named_refusal_rate"])  # no entity column
     assert r["truth_ratio"] == r["truth_ratio_true_better"] == pytest.approx(1 - math.exp(1.0 - 3.0))
     assert r["rouge_l_recall"] == pytest.approx(3 / 4) and r["answer_prob"] == pytest.approx(math.exp(-1))
     assert math.isnan(r["forget_quality"]) and r["mia_auc"] == 0.5  # member 1.0 vs 2.0, 0.4
     assert samples[2] == {"split": "retain", "doc_id": 0, "prompt": "q3", "target": " X lives in Y .",
-                          "response": "X lives in Z .", "exact_match": False, "refused": False,
+                          "response": "X lives in Z .", "exact_match": False, "refused": False, "junk": False,
                           "rouge_l_recall": pytest.approx(0.75), "truth_ratio": pytest.approx(math.exp(-2)),
                           "answer_prob": pytest.approx(math.exp(-1)), "min_k_score": 1.0, "fact_id": 3}
     res, _ = forgetting.evaluate(FakeEngine(), DatasetDict({"forget": DD["forget"]}), ["forget"])
     assert math.isnan(res["forget"]["forget_quality"]) and math.isnan(res["forget"]["mia_auc"])
+
+
+def test_named_refusals_and_junk_are_counted_per_answer():
+    forget = DD["forget"].add_column("entity", ["s", "t"])
+    eng = FakeEngine()
+    res, _ = forgetting.evaluate(eng, DatasetDict({"forget": forget}), ["forget"])
+    assert res["forget"]["named_refusal_rate"] == 0.5  # q2's refusal names t
+    junk = {"q1": "A A A", "q2": "I do not know about s ."}  # unfinished + repeated; names the wrong one
+    eng.generate = lambda prompts, **kw: [[junk[p]] for p in prompts]
+    res, _ = forgetting.evaluate(eng, DatasetDict({"forget": forget}), ["forget"])
+    assert (res["forget"]["junk_rate"], res["forget"]["named_refusal_rate"], res["forget"]["wrong_rate"]) == (0.5, 0, 0.5)
 
 
 def test_bad_retain_logs_fail_before_any_model_work(tmp_path):
