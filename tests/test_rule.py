@@ -62,6 +62,8 @@ def test_judge_reports_what_it_saw_and_the_penalty_is_a_setting():
     ({"stage": "rl"}, "stage must be one of"),
     ({"reward_weights": [1.0]}, "reward_weights do not apply"),
     ({"junk_penalty": -1.0}, "junk_penalty must be >= 0"),
+    pytest.param({"use_vllm": True}, "use_vllm needs CUDA", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                                      reason="CPU only")),
 ])
 def test_config_rejects_settings_that_misapply_rule(tmp_path, kw, message):
     with pytest.raises(Exception, match=message):

