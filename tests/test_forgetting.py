@@ -123,7 +123,8 @@ def test_named_refusals_and_junk_are_counted_per_answer():
     junk = {"q1": "A A A", "q2": "I do not know about s ."}  # unfinished + repeated; names the wrong one
     eng.generate = lambda prompts, **kw: [[junk[p]] for p in prompts]
     res, _ = forgetting.evaluate(eng, DatasetDict({"forget": forget}), ["forget"])
-    assert (res["forget"]["junk_rate"], res["forget"]["named_refusal_rate"], res["forget"]["wrong_rate"]) == (0.5, 0, 0.5)
+    f = res["forget"]
+    assert (f["junk_rate"], f["named_refusal_rate"], f["wrong_rate"]) == (0.5, 0.0, 0.5)
 
 
 def test_bad_retain_logs_fail_before_any_model_work(tmp_path):

@@ -80,7 +80,8 @@ def test_prepare_needs_forget_and_boundary_queries(tmp_path):
 
 
 def test_bad_settings_exit_2_with_one_line(capsys, tiny_run, rule_data, tmp_path):
-    _rejected(capsys, "rule/testbed.yaml", tiny_run, rule_data, tmp_path / "r", ["--beta", "0"], "beta must be positive")
+    _rejected(capsys, "rule/testbed.yaml", tiny_run, rule_data, tmp_path / "r", ["--beta", "0"],
+              "beta must be positive")
     _rejected(capsys, "rule/testbed.yaml", tiny_run, rule_data, tmp_path / "r", ["--dataset_train_split", "retain"],
               "lacks column(s) kind")
 
@@ -121,7 +122,7 @@ def test_two_stage_run_trains_against_stage_one_and_reuses_it(tiny_run, rule_dat
         # the result is one adapter on the base model (not TRL's "ref" copy), trained on from stage 1's
         assert (run / "adapter_config.json").is_file() and not (run / "ref").exists()
         assert info["config"]["init_adapter"] == str(rs)
-        before, after = load_file(str(rs / "adapter_model.safetensors")), load_file(str(run / "adapter_model.safetensors"))
+        before, after = (load_file(str(r / "adapter_model.safetensors")) for r in (rs, run))
         assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     else:
         assert info["config"]["model_name_or_path"] == str(rs)

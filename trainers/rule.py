@@ -15,14 +15,15 @@ answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as man
       forget query:   r = 0.5·[refusal] + 0.5·[refusal naming the target]
       boundary query: r = 0.5·[answers] + 0.5·[answers correctly]
 
-  where a refusal is a *full* match of one of ``refusals`` (``posttrain.answers.refusal_subject``), "answers" = no refusal,
-  no three words in a row of a refusal template in it ("I do not know C5 ." hedges) and not junk, "correctly" = exact match with the gold answer (normalised), and a
-  completion that is junk (``answers.is_degenerate``: not ended by a stop string, or words repeated back to back)
-  and no refusal scores ``-junk_penalty``. The paper's reward has no junk term and judges correctness by ROUGE-L
-  recall > 0.3, which on the testbed's one-word answers any answer naming the object passes; the penalty is the
-  prototype's fix for "I do not know not know …". Logged per step: ``rule/refusal``, ``rule/named_refusal``,
-  ``rule/junk``, ``rule/correct`` (rates over the step's completions of each kind) beside TRL's
-  ``frac_reward_zero_std``.
+  where a refusal is a *full* match of one of ``refusals`` (``posttrain.answers.refusal_subject``), "answers" = no
+  refusal, no three words in a row of a refusal template in it ("I do not know C5 ." hedges) and not junk,
+  "correctly" = exact match with the gold answer (normalised), and a completion that is junk
+  (``answers.is_degenerate``: not ended by a stop string, or words repeated back to back) and no refusal scores
+  ``-junk_penalty``. The paper's reward has no junk term and judges correctness by ROUGE-L recall > 0.3, which on
+  the testbed's one-word answers any answer naming the object passes; the penalty is the prototype's fix for "I do
+  not know not know …". Logged per step, as rates over the step's completions of each kind:
+  ``rule/forget_{refusal,named,junk}`` and ``rule/boundary_{refusal,correct,junk}``, beside TRL's
+  ``frac_reward_zero_std`` (groups whose completions all scored alike: no gradient).
 
 ``method: rule`` with ``stage: both`` (the default) runs stage 1 first with the recipe ``rs_recipe`` (its model,
 data, seed and LoRA settings taken from this recipe) into ``rs_output_dir`` (default ``<output_dir>-rs``), then
@@ -56,21 +57,22 @@ import torch
 import trl
 from datasets import Dataset
 
+from posttrain.answers import cut_at_stop, exact_match, is_degenerate, normalize, refusal_subject
 from posttrain.data_gen.kg import ANSWER_STOP, REFUSALS
 from posttrain.errors import ConfigError
-from posttrain.answers import cut_at_stop, exact_match, is_degenerate, normalize, refusal_subject
 from posttrain.trainers import Prepared
 from posttrain.trainers.sft import SFTConfig, SFTTrainer, cuda_bf16
 
-__all__ = ["RejectionSteeringConfig", "RejectionSteeringTrainer", "RULEConfig", "RULETrainer", "rule_reward", "prepare", "prepare_rs",
-           "run_stage_one"]
+__all__ = ["RejectionSteeringConfig", "RejectionSteeringTrainer", "RULEConfig", "RULETrainer", "judge", "rule_reward",
+           "prepare", "prepare_rs", "run_stage_one"]
 
 KINDS = ("forget", "boundary")
 STAGES = ("both", "rebo")
 
 
 def trigrams(text: str) -> set[tuple[str, ...]]:
-    """The runs of three words of each line of normalize(text)'s lines (a template's ``{s}`` breaks the line)."""
+    """Every run of three words within a line of lower-cased ``text`` (``judge`` puts a line break where a
+    template's ``{s}`` was, so no run spans the subject)."""
     out = set()
     for line in text.lower().split("\n"):
         w = line.split()
@@ -131,11 +133,11 @@ def prepare_rs(data: dict[str, Dataset], args: RejectionSteeringConfig, model_na
     train = data["train"]
     check_columns(train, ("prompt", "completion", "kind"), "rejection steering")
     keep = [i for i, k in enumerate(train["kind"]) if k == "forget" or not args.rejection_only]
-    if not any(k == "forget" for k in train["kind"]):
+    n_forget = list(train["kind"]).count("forget")
+    if not n_forget:
         raise ConfigError("the training set has no forget queries to refuse")
     out = train.select(keep).select_columns(["prompt", "completion"])
-    return Prepared(out, data.get("eval"), {"forget": sum(k == "forget" for k in train["kind"]),
-                                            "boundary": len(keep) - sum(k == "forget" for k in train["kind"])})
+    return Prepared(out, data.get("eval"), {"forget": n_forget, "boundary": len(keep) - n_forget})
 
 
 # ---- stage 2: refusal-boundary optimisation with GRPO ----------------------------------------------------------
