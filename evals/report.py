@@ -112,7 +112,12 @@ def _plot(path: Path, draw, **axes) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     draw(ax)
     ax.set(**axes)
-    ax.legend(loc="best", fontsize=7)
+    n = len(ax.get_legend_handles_labels()[1])
+    if n > 6:  # many runs: the legend beside the axes, not over the points
+        fig.set_size_inches(4.5 + 3.5, 4.5)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
+    else:
+        ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -141,8 +146,8 @@ def pass_at_k_curve(path: Path, curves: dict[str, dict[int, float]]) -> None:
 def forget_retain_scatter(path: Path, points: dict[str, tuple[float, float]], metric: str) -> None:
     """Forget-set against retain-set ``metric``, one point per run: lower right is better (forgot, kept the rest)."""
     def draw(ax):
-        for name, (retain, forget) in points.items():
-            ax.scatter([retain], [forget], label=name)
+        for i, (name, (retain, forget)) in enumerate(points.items()):
+            ax.scatter([retain], [forget], label=name, marker="os^Dv<>P"[i // 10 % 8])  # 10 colours, then a new shape
 
     _plot(path, draw, xlabel=f"retain {metric}", ylabel=f"forget {metric}", xlim=(0, 1), ylim=(0, 1),
           title="forget vs retain")
@@ -203,6 +208,16 @@ def _load(run: str) -> dict:
     raise UsageError(f"no eval results (results.json) in {run}")
 
 
+def labels(runs: list[str]) -> list[str]:
+    """Plot labels: the runs' paths without their common leading directories and a trailing ``eval``."""
+    parts = [[p for p in Path(r).parts if p] for r in runs]
+    parts = [p[:-1] if len(p) > 1 and p[-1] == "eval" else p for p in parts]
+    common = 0
+    while len(runs) > 1 and all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return ["/".join(p[common:]) for p in parts]
+
+
 def compare(runs: list[str], output: str, overwrite: bool = False) -> str:
     """``posttrain report``: several eval outputs side by side — one table per suite (a row per run and split, the
     suite's summary metrics with standard errors), each run's differences from the first with whether they exceed
@@ -223,8 +238,9 @@ def compare(runs: list[str], output: str, overwrite: bool = False) -> str:
     if len(runs) > 1 and (diff := differences(by_suite, list(runs))):
         parts.append(diff)
     with atomic_dir(output) as tmp:
-        forgetting = {run: (res["retain"]["exact_match"], res["forget"]["exact_match"])
-                      for run, res in by_suite.get("forgetting", {}).items() if {"forget", "retain"} <= set(res)}
+        forgetting = {label: (res["retain"]["exact_match"], res["forget"]["exact_match"])
+                      for label, res in zip(labels(list(by_suite.get("forgetting", {}))),
+                                            by_suite.get("forgetting", {}).values()) if {"forget", "retain"} <= set(res)}
         if forgetting:
             forget_retain_scatter(tmp / "forget_vs_retain.png", forgetting, "exact match")
             parts.append("![forget vs retain](forget_vs_retain.png)")

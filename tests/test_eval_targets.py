@@ -96,3 +96,11 @@ def test_bad_targets_exit_2_and_write_nothing(capsys, case, message, tiny_run, t
 def test_report_of_a_missing_eval_exits_2(capsys, tmp_path):
     proc = cli(capsys, "report", tmp_path, "--output", tmp_path / "r")
     assert proc.returncode == 2 and "no eval results" in proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_plot_labels_drop_the_runs_common_directories():
+    from posttrain.evals.report import labels
+
+    assert labels(["/tmp/b/pair0/base-eval", "/tmp/b/pair0/rule/eval", "/tmp/b/pair0/npo/eval"]) == [
+        "base-eval", "rule", "npo"]
+    assert labels(["runs/a/eval"]) == ["runs/a"] and labels(["a/x", "b/x"]) == ["a/x", "b/x"]
