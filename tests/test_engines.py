@@ -4,7 +4,8 @@ these tests run, they are not skipped."""
 
 import pytest
 
-from posttrain.evals.engines import cut_at_stop, make_engine
+from posttrain.answers import cut_at_stop
+from posttrain.evals.engines import make_engine
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.evals.vllm_engine import VLLMEngine
 
