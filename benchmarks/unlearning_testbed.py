@@ -1,7 +1,7 @@
 """The forget-retain experiment of issue 13 on the testbed: RULE against GradAscent, GradDiff, NPO, SimNPO and IdkSFT,
 each at the settings of a small sweep, over (base model, knowledge graph) pairs.
 
-    python benchmarks/unlearning_testbed.py --pair BASE_RUN=KG_DATA [--pair ...] [--out DIR]
+    python benchmarks/unlearning_testbed.py --pair BASE_RUN=KG_DATA [--pair ...] [--out DIR] [--jobs 2]
                                             [--method rule:--boundary_frac=0.5 ...] [--quick]
 
 The default sweep: RULE at 40 steps with the paper's 8% boundary queries and with 50%, at 200 (the recipe) and 400
@@ -26,7 +26,8 @@ trained on (``forget_heldout`` without the graph's own forget questions, which t
 named-refusal, wrong-answer and junk rates, boundary and retain exact match and their drops from the base model,
 forget quality (KS p-value) and MIA AUC on the forget split. A method setting *dominates* RULE when it is at least as
 good on forget_ho (lower), boundary and retain (higher) and strictly better on one, beyond both standard errors.
-``posttrain report`` draws the forget-vs-retain plot of every run (``OUT/report``). Ends with
+``posttrain report`` draws the forget-vs-retain plot of every run of the first pair (``OUT/report``). Prints which
+settings dominate each RULE setting, and ends with
 ``RESULT rule_forget_acc=.. rule_retain_drop=.. rule_boundary_drop=.. rule_named_refusal=.. rule_junk=..
 dominated_by=none|method,...`` for the best RULE setting (lowest forget_ho among those within 3 points of retain,
 else the lowest forget_ho).
@@ -36,10 +37,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -163,8 +167,10 @@ def main() -> None:
     ap.add_argument("--pair", action="append", default=[], help="BASE_RUN=KG_DATA")
     ap.add_argument("--method", action="append", default=[], help="method[:--key=value,...]")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    ap.add_argument("--jobs", type=int, default=2, help="pairs run at once (each command on one thread)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by every posttrain command: one core per pair
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-unlearning-"))
     pairs = [tuple(p.split("=", 1)) for p in args.pair]
     if not pairs:
@@ -173,7 +179,8 @@ def main() -> None:
 
         pairs = [testbed(out / "testbed")]
     settings = args.method or list(QUICK if args.quick else SWEEP)
-    per_pair = [run_pair(k, base, kg, settings, out) for k, (base, kg) in enumerate(pairs)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        per_pair = list(pool.map(run_pair, range(len(pairs)), *zip(*pairs), repeat(settings), repeat(out)))
     names = list(per_pair[0])
     print("\n| pair | run | " + " | ".join(COLUMNS) + " |\n|---|---|" + "---|" * len(COLUMNS))
     for k, rows in enumerate(per_pair):
@@ -195,6 +202,9 @@ def main() -> None:
     rules = [n for n in names if n.split(":")[0] in RECIPES]
     if not rules:
         return
+    for n in rules:
+        by = [m for m in names[1:] if m not in rules and dominates(table[m], table[n])]
+        print(f"{n} dominated by: {', '.join(by) or 'none'}")
     ok = [n for n in rules if table[n]["retain_drop"][0] <= 0.03] or rules
     best = min(ok, key=lambda n: table[n]["forget_ho"][0])
     beaten = [n for n in names[1:] if n not in rules and dominates(table[n], table[best])]
