@@ -6,7 +6,7 @@ a_<t) the mean token NLL of answer a to question q:
   GradAscent and NPO "forget": by answering wrongly, not by refusing); ``junk_rate`` = mean_i 1[the answer is
   degenerate] (``answers.is_degenerate``: unfinished at the token limit, or words repeated back to back);
   ``named_refusal_rate`` = mean_i 1[refused and the answer names the row's ``entity``] (RULE's targeted refusal;
-  NaN without an ``entity`` column);
+  NaN without a non-empty ``entity`` column);
 * ``rouge_l_recall`` = mean_i LCS(greedy answer, gold) / |gold| in words (``rouge-score``);
 * ``answer_prob`` = mean_i exp(-nll(gold_i));
 * ``truth_ratio``: per question TR = exp(-mean_j nll(perturbed_j)) / exp(-nll(paraphrased)) over the row's
@@ -123,7 +123,7 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         wrong = [not c and not r for c, r in zip(correct, refused)]
         junk = [metrics.is_degenerate(a, stop) for a in answers]
         entities = ds["entity"] if "entity" in ds.column_names else None
-        named = None if entities is None else [r and metrics.normalize(str(e)) in metrics.normalize(a).split()
+        named = None if entities is None or not any(str(e).strip() for e in entities) else [r and metrics.normalize(str(e)) in metrics.normalize(a).split()
                                                for a, r, e in zip(answers, refused, entities)]
         rouge = [metrics.rouge_l_recall(a, g) for a, g in zip(answers, gold)]
         prob = [metrics.geometric_mean_prob(lp[0]) for lp in per_split[s]]

@@ -20,8 +20,9 @@ ROLES = ("train", "eval", "forget", "retain")  # recipe keys dataset_<role>_spli
 class Method:
     """``module``: the method's module; ``config``, ``trainer``, ``prepare``: names of its TRL config, its trainer
     and its data step in that module; ``splits``: the roles it needs; ``optional``: roles it reads when the recipe
-    names a split for them; ``columns``: what each of those splits must have (only these are kept); ``before``: a function of the module that
-    ``posttrain train`` calls with the recipe before anything else (RULE's first stage), which may change it."""
+    names a split for them; ``columns``: what each of those splits must have (only these are kept); ``before``: a
+    function of the module that ``posttrain train`` calls with the recipe before anything else (RULE's first
+    stage), which may change it."""
 
     module: str
     config: str
