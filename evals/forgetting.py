@@ -123,8 +123,10 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         wrong = [not c and not r for c, r in zip(correct, refused)]
         junk = [metrics.is_degenerate(a, stop) for a in answers]
         entities = ds["entity"] if "entity" in ds.column_names else None
-        named = None if entities is None or not any(str(e).strip() for e in entities) else [r and metrics.normalize(str(e)) in metrics.normalize(a).split()
-                                               for a, r, e in zip(answers, refused, entities)]
+        named = None
+        if entities is not None and any(str(e).strip() for e in entities):
+            named = [r and metrics.normalize(str(e)) in metrics.normalize(a).split()
+                     for a, r, e in zip(answers, refused, entities)]
         rouge = [metrics.rouge_l_recall(a, g) for a, g in zip(answers, gold)]
         prob = [metrics.geometric_mean_prob(lp[0]) for lp in per_split[s]]
         ratios = [metrics.truth_ratio(nll(lp[1]), [nll(x) for x in lp[2:]]) for lp in per_split[s]]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posttrain.answers import exact_match, is_degenerate, normalize, refusal_subject  # noqa: F401 (the suites' metrics)
+from posttrain.answers import exact_match, is_degenerate, normalize  # noqa: F401 (the suites' metrics)
 
 DEFAULT_REFUSALS = ("i do not know",)
 EXPOSURE_BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, None))

@@ -61,7 +61,7 @@ from posttrain.answers import cut_at_stop, exact_match, is_degenerate, normalize
 from posttrain.data_gen.kg import ANSWER_STOP, REFUSALS
 from posttrain.errors import ConfigError
 from posttrain.trainers import Prepared
-from posttrain.trainers.sft import SFTConfig, SFTTrainer, cuda_bf16
+from posttrain.trainers.sft import DeviceDefaults, SFTConfig, SFTTrainer
 
 __all__ = ["RejectionSteeringConfig", "RejectionSteeringTrainer", "RULEConfig", "RULETrainer", "judge", "rule_reward",
            "prepare", "prepare_rs", "run_stage_one"]
@@ -143,7 +143,7 @@ def prepare_rs(data: dict[str, Dataset], args: RejectionSteeringConfig, model_na
 # ---- stage 2: refusal-boundary optimisation with GRPO ----------------------------------------------------------
 
 @dataclass
-class RULEConfig(trl.GRPOConfig):
+class RULEConfig(DeviceDefaults, trl.GRPOConfig):
     refusals: list[str] = field(default_factory=lambda: list(REFUSALS), metadata={
         "help": "Well-formed refusals, '{s}' the target; a completion must match one in full to count as one."})
     stop: list[str] = field(default_factory=lambda: list(ANSWER_STOP), metadata={
@@ -155,13 +155,8 @@ class RULEConfig(trl.GRPOConfig):
     rs_output_dir: str | None = field(default=None, metadata={
         "help": "Where stage 1's run goes (and is reused from); default <output_dir>-rs."})
     beta: float = field(default=0.01, metadata={"help": "KL coefficient to the stage-1 model (paper: 1e-2)."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16; default: on for a CUDA device that has it."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (memory for time)."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing output_dir."})
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = cuda_bf16() and not self.fp16
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if not self.beta > 0:

@@ -30,7 +30,10 @@ def cuda_bf16() -> bool:
 
 
 @dataclass
-class SFTConfig(trl.SFTConfig):
+class DeviceDefaults:
+    """posttrain's defaults for any TRL config (mixed in before it): precision and checkpointing follow the device,
+    and an existing output directory is refused unless ``overwrite_output_dir``."""
+
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass (memory for time)."}
     )
@@ -45,6 +48,11 @@ class SFTConfig(trl.SFTConfig):
         if self.bf16 is None:
             self.bf16 = cuda_bf16() and not self.fp16
         super().__post_init__()
+
+
+@dataclass
+class SFTConfig(DeviceDefaults, trl.SFTConfig):
+    """TRL's SFT config with posttrain's device-aware defaults."""
 
 
 class NoEmbeddingDecayMixin:
