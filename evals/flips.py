@@ -5,6 +5,19 @@ Flip rates after MUSCLE (arXiv 2407.09435; METHODS.md §3.2): by exact match, an
 of the generated answer against the gold completion. How bad a negative flip is follows the mistake-severity idea
 of "Making Better Mistakes" (arXiv 1912.09393): a wrong answer of the gold answer's type, close to it in the
 knowledge graph, is a milder mistake than a far or non-entity one.
+
+Two kinds of split:
+
+* generative (the usual one): each model's greedy answer (``GENERATION``), right when it matches the gold completion
+  exactly; metrics: exact match, the flip rates, the ROUGE-L similarity flips (``rouge_*``) and the severity
+  (``nf_*``) of the negative flips.
+* multiple-choice (a split with the columns ``choices``, a list of continuations of ``prompt``, and ``gold``, the index
+  of the right one): scored, not generated, as lm-evaluation-harness's ``acc``: each model's choice is the one of
+  highest log-likelihood (the sum of its token log-probs after the prompt; the first on ties), right when it is the
+  gold one. Metrics: exact match (= accuracy), the flip rates by the chosen option's text and the severity of the
+  negative flips; no ``rouge_*`` (MUSCLE scores similarity flips for generative tasks only).
+
+The two kinds carry the same metric names, so callers read them alike; each sample says its split's ``kind``.
 """
 
 from __future__ import annotations
@@ -15,10 +28,10 @@ from datasets import DatasetDict
 from posttrain.data_gen.kg import ANSWER_STOP
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
-from posttrain.evals.qa import greedy_answers
+from posttrain.evals.qa import first_rows, greedy_answers
 
-VERSION = 2  # 2: answers cut by the engine at stop sequences
-GENERATION = {"n": 1, "temperature": 0.0}
+VERSION = 3  # 3: multiple-choice splits (choices, gold) scored by log-likelihood; 2: answers cut at stop sequences
+GENERATION = {"n": 1, "temperature": 0.0}  # the generative splits' (multiple-choice splits are scored)
 HIGHER_IS_BETTER = {"candidate_exact_match": True, "reference_exact_match": True, "negative_flip_rate": False,
                     "positive_flip_rate": True, "inconsistency_flip_rate": False, "agreement": None,
                     "rouge_positive_flip_rate": True, "rouge_negative_flip_rate": False, "rouge_mean_gain": True,
@@ -92,40 +105,98 @@ def severity(answers: list[str], subjects: list[str], golds: list[str], gold_typ
             "nf_unreachable": [p["graph_distance"] is None for p in named]}, per
 
 
+def is_multiple_choice(ds) -> bool:
+    """A split with a ``choices`` column is multiple-choice."""
+    return "choices" in ds.column_names
+
+
+def check_choices(dd: DatasetDict, splits: list[str]) -> None:
+    """Every multiple-choice split needs a ``gold`` column and, per row, at least 2 choices and a gold index among
+    them; else a one-line ``UsageError`` naming the split."""
+    for s in splits:
+        if "gold" not in dd[s].column_names:
+            raise UsageError(f"split {s!r} has a choices column but no gold column (the index of the right choice)")
+        for i, (choices, gold) in enumerate(zip(dd[s]["choices"], dd[s]["gold"])):
+            if not isinstance(choices, list) or len(choices) < 2:
+                raise UsageError(f"split {s!r}, row {i}: choices must be a list of at least 2 continuations")
+            if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+                raise UsageError(f"split {s!r}, row {i}: gold {gold!r} is not an index of its {len(choices)} "
+                                 "choices")
+
+
+def choice_answers(engine, dd: DatasetDict, splits: list[str], limit: int | None = None) -> dict:
+    """Split -> (its first ``limit`` rows, the index of each row's chosen continuation, the log-likelihoods of
+    each row's choices). The log-likelihood of a choice is the sum of its token log-probs after the prompt; the
+    chosen one is its argmax, the first on ties (lm-eval's ``acc``). All splits' (prompt, choice) pairs in one
+    engine.score call."""
+    rows = first_rows(dd, splits, limit)
+    pairs = [(p, c) for s in splits for p, cs in zip(rows[s]["prompt"], rows[s]["choices"]) for c in cs]
+    logprobs = iter(engine.score([p for p, _ in pairs], [c for _, c in pairs]) if pairs else [])
+    out = {}
+    for s in splits:
+        lls = [[float(sum(next(logprobs))) for _ in cs] for cs in rows[s]["choices"]]
+        out[s] = (rows[s], [int(np.argmax(ll)) for ll in lls], lls)
+    return out
+
+
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
              stop=ANSWER_STOP, reference=None) -> tuple[dict, list[dict]]:
-    """Per split: ``n``, both models' exact match, the means of ``metrics.flip_items`` (by exact match),
-    ``rouge_*`` = the means of ``metrics.similarity_flip_items`` with S = ROUGE-L recall of the answer against the
-    gold completion, and the mistake severity (``nf_*``) of the negative flips; one sample per question. Each model
-    answers all splits in one engine call. Every rate carries a ``_stderr`` (sample standard error over the
-    questions it averages)."""
+    """Per split: ``n``, both models' exact match, the means of ``metrics.flip_items`` (by exact match) and the
+    mistake severity (``nf_*``) of the negative flips; generative splits also ``rouge_*`` = the means of
+    ``metrics.similarity_flip_items`` with S = ROUGE-L recall of the answer against the gold completion.
+    Multiple-choice splits (``choices`` and ``gold`` columns) are scored, not generated: a model's answer is its
+    highest-log-likelihood choice (``choice_answers``), right when it is the gold one; no ``rouge_*`` for them.
+    One sample per question, with its split's ``kind`` (multiple-choice samples add both models' chosen indices and
+    per-choice log-likelihoods). Each model answers all generative splits in one engine.generate call and all
+    multiple-choice splits in one engine.score call. Every rate carries a ``_stderr`` (sample standard error over
+    the questions it averages). Bad multiple-choice splits raise ``UsageError`` before any engine call."""
     if reference is None:
         raise UsageError("the flips suite needs --reference RUN")
+    mc = [s for s in splits if is_multiple_choice(dd[s])]
+    check_choices(dd, mc)
+    gen = [s for s in splits if s not in mc]
     types = entity_types(dd)
     index, dist = graph_distances(dd)
-    cand = greedy_answers(engine, dd, splits, limit, max_tokens, stop)
-    ref = greedy_answers(reference, dd, splits, limit, max_tokens, stop)
+    answered = {}
+    if gen:
+        cand = greedy_answers(engine, dd, gen, limit, max_tokens, stop)
+        ref = greedy_answers(reference, dd, gen, limit, max_tokens, stop)
+        answered.update({s: (cand[s][0], cand[s][1], ref[s][1]) for s in gen})
+    if mc:
+        picks, ref_picks = choice_answers(engine, dd, mc, limit), choice_answers(reference, dd, mc, limit)
+        answered.update({s: (picks[s], ref_picks[s]) for s in mc})
     results, samples = {}, []
-    for s, (ds, answers) in cand.items():
-        ref_answers = ref[s][1]
-        gold = list(ds["completion"])
-        cc = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
-        rc = [metrics.exact_match(a, g) for a, g in zip(ref_answers, gold)]
-        sim = [[metrics.rouge_l_recall(a, g) for a, g in zip(ans, gold)]
-               for ans in (ref_answers, answers)]
+    for s in splits:
+        if s in mc:
+            (ds, pred, ll), (_, ref_pred, ref_ll) = answered[s]
+            choices = list(ds["choices"])
+            gold = [c[g] for c, g in zip(choices, ds["gold"])]
+            answers, ref_answers = ([c[i] for c, i in zip(choices, p)] for p in (pred, ref_pred))
+            cc, rc = ([i == g for i, g in zip(p, ds["gold"])] for p in (pred, ref_pred))
+            similarity = {}
+            extra = [{"kind": "multiple_choice", "choice": p, "reference_choice": r, "loglikelihoods": lc,
+                      "reference_loglikelihoods": lr} for p, r, lc, lr in zip(pred, ref_pred, ll, ref_ll)]
+        else:
+            ds, answers, ref_answers = answered[s]
+            gold = list(ds["completion"])
+            cc = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
+            rc = [metrics.exact_match(a, g) for a, g in zip(ref_answers, gold)]
+            sim = [[metrics.rouge_l_recall(a, g) for a, g in zip(ans, gold)] for ans in (ref_answers, answers)]
+            similarity = {f"rouge_{k}": v for k, v in metrics.similarity_flip_items(*sim).items()}
+            extra = [{"kind": "generative"}] * len(ds)
         flips = ["negative" if r and not c else "positive" if c and not r else None for r, c in zip(rc, cc)]
         neg = [i for i, f in enumerate(flips) if f == "negative"]
         columns = (answers, *(list(ds[c]) for c in ("entity", "answer", "answer_type")))
         sev, per = severity(*([col[i] for i in neg] for col in columns), types, index, dist)
         items = {"candidate_exact_match": cc, "reference_exact_match": rc,
-                 **metrics.flip_items(rc, cc, ref_answers, answers),
-                 **{f"rouge_{k}": v for k, v in metrics.similarity_flip_items(*sim).items()}, **sev}
+                 **metrics.flip_items(rc, cc, ref_answers, answers), **similarity, **sev}
         results[s] = {"n": len(ds)}
         for name, values in items.items():
             results[s].update(metrics.mean_with_stderr(name, values))
         severity_of = dict(zip(neg, per))
         for i, row in enumerate(ds):
-            samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": row["completion"],
+            samples.append({"split": s, "doc_id": i, "prompt": row["prompt"], "target": gold[i],
                             "response": answers[i], "reference_response": ref_answers[i], "exact_match": cc[i],
-                            "reference_exact_match": rc[i], "flip": flips[i], **severity_of.get(i, {})})
+                            "reference_exact_match": rc[i], "flip": flips[i], **extra[i],
+                            **severity_of.get(i, {})})
     return results, samples

@@ -15,7 +15,8 @@ from posttrain.errors import UsageError
 from posttrain.runs import atomic_dir, check_output, write_json
 
 GENERATORS = {"kg": "posttrain.data_gen.kg", "reasoning": "posttrain.data_gen.reasoning",
-              "rtuning": "posttrain.data_gen.rtuning", "boundary": "posttrain.data_gen.boundary"}
+              "rtuning": "posttrain.data_gen.rtuning", "boundary": "posttrain.data_gen.boundary",
+              "muscle": "posttrain.data_gen.muscle"}
 
 
 def generator(name: str):

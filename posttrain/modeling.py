@@ -7,6 +7,7 @@ suits vLLM's CPU attention.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -105,3 +106,14 @@ def load_adapter(model, path: str, trainable: bool = True):
 
     check_adapter(path)
     return PeftModel.from_pretrained(model, path, is_trainable=trainable)
+
+
+def load_frozen(path: str, dtype: str | None = "float32", trust_remote_code: bool = False):
+    """A model for inference only, without gradients, in eval mode: a model directory, or a LoRA run directory
+    loaded on the base model its adapter config names and merged into it (one plain forward per call)."""
+    if (Path(path) / "adapter_config.json").is_file():
+        base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = load_adapter(load_model(base, dtype, trust_remote_code), path, trainable=False).merge_and_unload()
+    else:
+        model = load_model(path, dtype, trust_remote_code)
+    return model.eval().requires_grad_(False)

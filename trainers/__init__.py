@@ -67,6 +67,7 @@ METHODS: dict[str, Method] = {
                       optional=(), columns=("prompt", "completion", "entity")),
     "rule_rs": Method("posttrain.trainers.rule", "RejectionSteeringConfig", "RejectionSteeringTrainer",
                       columns=("prompt", "completion", "kind"), prepare="prepare_rs"),
+    "muscle": Method("posttrain.trainers.muscle", "MuscleConfig", "MuscleTrainer"),
     "rule": Method("posttrain.trainers.rule", "RULEConfig", "RULETrainer", optional=(),
                    columns=("prompt", "kind", "target", "gold"), before="run_stage_one"),
 }

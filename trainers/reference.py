@@ -1,4 +1,4 @@
-"""The model as it was before training, for losses that compare against it (NPO's π_ref, MUSCLE's teacher).
+"""The model as it was before training, for losses that compare against it (NPO's π_ref, MUSCLE's new teacher).
 
 A trainer asks for it by setting ``uses_reference = True`` (see ``unlearn.UnlearnTrainer``) or by building a
 ``Reference`` of its model after ``Trainer.__init__`` (the model is then wrapped in its adapter and on its device).
@@ -10,25 +10,44 @@ import copy
 
 import torch
 from peft import PeftModel
+from trl.trainer.utils import use_adapter
+
+REF = "ref"  # the frozen copy of a pretrained adapter (TRL's name for it in GRPO)
+
+
+def fresh_adapter(model: PeftModel) -> bool:
+    """True when the model's LoRA adapter is still a no-op (every ``lora_B`` zero, as LoRA initialises it)."""
+    b = [p for n, p in model.named_parameters() if ".lora_B." in n]
+    return bool(b) and not any(p.detach().any() for p in b)
 
 
 class Reference:
     """``reference(**inputs)``: the pre-training model's forward pass, without gradients.
 
-    With LoRA it is the trained model itself with the adapter switched off (PEFT's ``disable_adapter()``), in eval
-    mode for the call — the base weights are frozen, so no second copy is needed. With full fine-tuning it is a deep
-    copy taken now: eval mode, ``requires_grad`` off, moved to the trained model's device when that moves, and its
-    modules' own ``forward`` — TRL's SFTTrainer replaces the model's with a closure over the original model's bound
-    ``forward``, which a deep copy would keep calling: the *trained* weights — dropped for their class's. Left out:
-    DeepSpeed ZeRO-3 and FSDP, whose sharded parameters a deep copy does not gather.
+    With LoRA it is the trained model itself, in eval mode for the call, on the same frozen base weights — no
+    second copy of them. A fresh adapter (a no-op at the start) is switched off (PEFT's ``disable_adapter()``);
+    an adapter that starts from trained weights (``init_adapter``: MUSCLE's new task adapter, an unlearning run
+    continued) is copied now into a frozen second adapter ``ref`` and switched to for the call, as TRL's GRPO does —
+    with the adapter off, the reference would be the bare base model. With full fine-tuning it is a deep copy taken
+    now: eval mode, ``requires_grad`` off, moved to the trained model's device when that moves, and its modules' own
+    ``forward`` — TRL's SFTTrainer replaces the model's with a closure over the original model's bound ``forward``,
+    which a deep copy would keep calling: the *trained* weights — dropped for their class's. Left out: DeepSpeed
+    ZeRO-3 and FSDP, whose sharded parameters a deep copy does not gather.
     """
 
     def __init__(self, model: torch.nn.Module):
-        self.model, self.frozen = model, None
+        self.model, self.frozen, self.adapter = model, None, None
         if not isinstance(model, PeftModel):
             self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
             for module in self.frozen.modules():
                 module.__dict__.pop("forward", None)
+        elif not fresh_adapter(model):
+            self.adapter = REF
+            model.add_adapter(REF, model.peft_config[model.active_adapter])
+            trained = dict(model.named_parameters())
+            for name, param in trained.items():
+                if f".{model.active_adapter}." in name:
+                    trained[name.replace(f".{model.active_adapter}.", f".{REF}.")].data.copy_(param.data)
 
     @torch.no_grad()
     def __call__(self, **inputs):
@@ -36,7 +55,7 @@ class Reference:
             training = self.model.training
             self.model.eval()
             try:
-                with self.model.disable_adapter():
+                with use_adapter(self.model, self.adapter):
                     return self.model(**inputs)
             finally:
                 self.model.train(training)

@@ -61,7 +61,7 @@ from posttrain.answers import cut_at_stop, exact_match, is_degenerate, normalize
 from posttrain.data_gen.kg import ANSWER_STOP, REFUSALS
 from posttrain.errors import ConfigError
 from posttrain.trainers import Prepared
-from posttrain.trainers.sft import DeviceDefaults, SFTConfig, SFTTrainer
+from posttrain.trainers.sft import DeviceDefaults, SFTConfig, SFTTrainer, TrainedAdapterOnly
 
 __all__ = ["RejectionSteeringConfig", "RejectionSteeringTrainer", "RULEConfig", "RULETrainer", "judge", "rule_reward",
            "prepare", "prepare_rs", "run_stage_one"]
@@ -212,7 +212,7 @@ class RULEReward:
         return [s["reward"] for s in seen]
 
 
-class RULETrainer(trl.GRPOTrainer):
+class RULETrainer(TrainedAdapterOnly, trl.GRPOTrainer):
     """GRPO with RULE's reward; see the module docstring."""
 
     def __init__(self, model, args: RULEConfig, train_dataset: Dataset, eval_dataset=None, processing_class=None,
@@ -224,15 +224,6 @@ class RULETrainer(trl.GRPOTrainer):
         check_columns(train_dataset, ("prompt", "kind", "target", "gold"), "RULE")
         super().__init__(model=model, reward_funcs=[RULEReward(args)], args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
-
-    def _save(self, output_dir=None, state_dict=None):
-        """Save the trained adapter only: TRL's frozen reference copy ("ref") is no part of the result."""
-        model = self.accelerator.unwrap_model(self.model)
-        if "ref" in getattr(model, "peft_config", {}):
-            output_dir = output_dir or self.args.output_dir
-            model.save_pretrained(output_dir, selected_adapters=["default"])
-            return
-        super()._save(output_dir, state_dict)
 
 
 # ---- the two-stage run -----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from trl.data_utils import common_prefix_length
 
 from posttrain.errors import ConfigError
 from posttrain.trainers import Prepared
+from posttrain.trainers.reference import REF
 
 
 def cuda_bf16() -> bool:
@@ -63,7 +64,19 @@ class NoEmbeddingDecayMixin:
         return get_parameter_names(model, [nn.LayerNorm, nn.Embedding], patterns)
 
 
-class SFTTrainer(NoEmbeddingDecayMixin, trl.SFTTrainer):
+class TrainedAdapterOnly:
+    """Save the trained adapter only: a frozen copy of the starting adapter (``ref``, kept beside it by TRL's GRPO
+    and by ``reference.Reference``) is no part of the run."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        model = self.accelerator.unwrap_model(self.model)
+        if REF in getattr(model, "peft_config", {}):
+            model.save_pretrained(output_dir or self.args.output_dir, selected_adapters=[model.active_adapter])
+            return
+        super()._save(output_dir, state_dict)
+
+
+class SFTTrainer(TrainedAdapterOnly, NoEmbeddingDecayMixin, trl.SFTTrainer):
     """TRL SFT on prompt/completion (or text) data; see the module docstring for what differs."""
 
 
