@@ -39,7 +39,7 @@ class Config:
 
     kg_path: str = ""  # a directory written by `posttrain gen kg`
     seed: int = 0
-    v1_frac: float = 0.6  # fraction of the corpus rows in the old base's snapshot
+    v1_frac: float = 0.8  # fraction of the corpus rows in the old base's snapshot
     test_frac: float = 0.5  # fraction of the seen facts held out as the tasks' test facts
     train_templates: int = 2  # distinct templates per training fact (multiple choice: capped at its 3)
     n_choices: int = 4  # candidates per multiple-choice question

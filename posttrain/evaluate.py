@@ -54,7 +54,7 @@ def resolve(path: str, adapter: str | None = None, what: str = "model") -> Targe
     if _is_model(p):
         target = Target(str(p))
     elif _is_adapter(p):
-        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = modeling.adapter_base(str(p))
         if not base or not _is_model(Path(base)):
             raise UsageError(f"{what} {path} is a LoRA adapter whose base model is not a local model directory: "
                              f"{base}")

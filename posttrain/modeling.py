@@ -108,11 +108,17 @@ def load_adapter(model, path: str, trainable: bool = True):
     return PeftModel.from_pretrained(model, path, is_trainable=trainable)
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model a LoRA adapter directory names (``base_model_name_or_path``); None when ``path`` is no
+    adapter directory."""
+    config = Path(path) / "adapter_config.json"
+    return json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
+
+
 def load_frozen(path: str, dtype: str | None = "float32", trust_remote_code: bool = False):
     """A model for inference only, without gradients, in eval mode: a model directory, or a LoRA run directory
     loaded on the base model its adapter config names and merged into it (one plain forward per call)."""
-    if (Path(path) / "adapter_config.json").is_file():
-        base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if (base := adapter_base(path)) is not None:
         model = load_adapter(load_model(base, dtype, trust_remote_code), path, trainable=False).merge_and_unload()
     else:
         model = load_model(path, dtype, trust_remote_code)

@@ -19,9 +19,10 @@ ablation's other masks (Table 7) are ``mask`` choices: ``old_correct`` (m_i = 1[
 over its loss tokens), and two plain-distillation baselines: ``old`` (m = 1: KL to T1 everywhere) and ``new``
 (m = 0: self-distillation from T2).
 
-What differs from posttrain's ``SFTTrainer``: ``compute_loss``. Both teachers run without gradients, in eval mode; T1
-is loaded once (``old_model``: a LoRA run directory, merged into the base its adapter config names, or a model
-directory) and is the only extra model in memory. The loss tokens are those TRL's SFT trains on (the completion, as
+What differs from posttrain's ``SFTTrainer``: ``compute_loss``. Both teachers run without gradients, in eval mode,
+each only on batches where some token learns from it (or the mask is computed from it); T1 is loaded once
+(``old_model``: a LoRA run directory, merged into the base its adapter config names, or a model directory) and is
+the only extra model in memory. The loss tokens are those TRL's SFT trains on (the completion, as
 for the task adapters; ``completion_only_loss: false`` gives the paper's context-and-answer tokens). Logged per step:
 ``muscle/old_frac`` (mean m), ``muscle/kd``, ``muscle/ce`` and TRL's ``mean_token_accuracy``. Rejected, because they
 would misapply it: a temperature <= 0; λ outside (0, 1] (λ = 0 is plain SFT); a likelihood mask without CE (the
@@ -33,7 +34,6 @@ has none) and DeepSpeed ZeRO-3 / FSDP (the old model is a plain module on each p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,7 @@ __all__ = ["MuscleConfig", "MuscleTrainer", "kd_per_token", "old_teacher_mask", 
 
 MASKS = ("student_wrong", "old_correct", "token_likelihood", "sequence_likelihood", "old", "new")
 NEEDS_CE = ("token_likelihood", "sequence_likelihood")
+READS_OLD = ("old_correct", *NEEDS_CE)  # masks computed from the old model's logits
 
 
 def kd_per_token(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -58,10 +59,11 @@ def kd_per_token(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return F.kl_div(s, t, log_target=True, reduction="none").sum(-1)
 
 
-def old_teacher_mask(mask: str, student: torch.Tensor, old: torch.Tensor, gold: torch.Tensor,
+def old_teacher_mask(mask: str, student: torch.Tensor, old: torch.Tensor | None, gold: torch.Tensor,
                      sequence: torch.Tensor) -> torch.Tensor:
     """m_i (True: distil token i from the old model) for the N loss tokens: ``student`` and ``old`` are their (N, V)
-    logits, ``gold`` the (N,) gold ids, ``sequence`` the (N,) index of each token's sequence."""
+    logits (``old`` is read by the ``READS_OLD`` masks only), ``gold`` the (N,) gold ids, ``sequence`` the (N,)
+    index of each token's sequence."""
     if mask == "student_wrong":
         return student.argmax(-1) != gold
     if mask == "old_correct":
@@ -74,8 +76,8 @@ def old_teacher_mask(mask: str, student: torch.Tensor, old: torch.Tensor, gold: 
         return logp < logp_old
     if mask == "sequence_likelihood":
         n = int(sequence.max()) + 1 if len(sequence) else 0
-        seq = torch.zeros(n).index_add_(0, sequence, logp.cpu()), torch.zeros(n).index_add_(0, sequence, logp_old.cpu())
-        return (seq[0] < seq[1]).to(gold.device)[sequence]
+        seq, seq_old = (torch.zeros(n, device=gold.device).index_add_(0, sequence, x) for x in (logp, logp_old))
+        return (seq < seq_old)[sequence]
     raise ValueError(f"unknown mask {mask!r}")
 
 
@@ -105,9 +107,8 @@ class MuscleConfig(SFTConfig):
 
 def old_tokenizer(path: str):
     """The old model's tokenizer: its own, else (an adapter saved without one) its base model's."""
-    if not (Path(path) / "tokenizer_config.json").is_file() and (Path(path) / "adapter_config.json").is_file():
-        path = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
-    return modeling.load_tokenizer(path)
+    base = modeling.adapter_base(path)
+    return modeling.load_tokenizer(base if base and not (Path(path) / "tokenizer_config.json").is_file() else path)
 
 
 class MuscleTrainer(SFTTrainer):
@@ -131,9 +132,6 @@ class MuscleTrainer(SFTTrainer):
         self.old = modeling.load_frozen(args.old_model, str(dtype).removeprefix("torch.")).to(self.accelerator.device)
         self.reference = Reference(self.model)
 
-    def record(self, name: str, value: torch.Tensor) -> None:
-        self._metrics["train" if self.model.training else "eval"][name].append(value.detach().float().item())
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask")}
@@ -143,12 +141,19 @@ class MuscleTrainer(SFTTrainer):
         keep = gold != -100
         y = gold[keep]
         z = outputs.logits[:, :-1][keep]
-        with torch.no_grad():
-            old = self.old(**forward).logits[:, :-1][keep]
-            new = self.reference(**forward).logits[:, :-1][keep]
         sequence = torch.arange(len(gold), device=gold.device)[:, None].expand_as(gold)[keep]
+        def logits(teacher):
+            with torch.no_grad():
+                return teacher(**forward).logits[:, :-1][keep]
+
+        # each teacher runs only when some token learns from it (or when the mask is computed from it)
+        old = logits(self.old) if self.args.mask in READS_OLD else None
         m = old_teacher_mask(self.args.mask, z.detach(), old, y, sequence)
-        kd = kd_per_token(z, torch.where(m[:, None], old, new), self.args.temperature)
+        if old is None and m.any():
+            old = logits(self.old)
+        new = logits(self.reference) if old is None or not m.all() else None
+        teacher = new if old is None else old if new is None else torch.where(m[:, None], old, new)
+        kd = kd_per_token(z, teacher, self.args.temperature)
         ce = F.cross_entropy(z.float(), y, reduction="none")
         # TRL's normalisation: per token of the whole (accumulated, all-process) batch when Trainer counts them
         tokens = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else len(y)).clamp(min=1)

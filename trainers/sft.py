@@ -79,6 +79,10 @@ class TrainedAdapterOnly:
 class SFTTrainer(TrainedAdapterOnly, NoEmbeddingDecayMixin, trl.SFTTrainer):
     """TRL SFT on prompt/completion (or text) data; see the module docstring for what differs."""
 
+    def record(self, name: str, value: torch.Tensor) -> None:
+        """Log ``value`` (a scalar tensor) as ``name`` beside TRL's per-step metrics (methods' own terms)."""
+        self._metrics["train" if self.model.training else "eval"][name].append(value.detach().float().item())
+
 
 def prepare(data: dict[str, Dataset], args: SFTConfig, model_name: str = "") -> Prepared:
     """The registry's data step: the train (and eval) split unchanged."""

@@ -153,10 +153,6 @@ class UnlearnTrainer(SFTTrainer):
         self.train_dataset = train_dataset
         self.reference = Reference(self.model) if self.uses_reference else None
 
-    def record(self, name: str, value: torch.Tensor) -> None:
-        """Log ``value`` (a scalar tensor) as ``name`` beside TRL's per-step metrics."""
-        self._metrics["train" if self.model.training else "eval"][name].append(value.detach().float().item())
-
     def nll(self, model, batch: dict[str, torch.Tensor], name: str):
         """HF's mean cross-entropy over ``batch``'s completion tokens, and the outputs; logged as ``<name>_nll``."""
         outputs = model(**batch, use_cache=False)
