@@ -10,9 +10,9 @@ Per seed s (a graph seed; every step below is the `posttrain` command a user run
   (the whole corpus, seed 2s+1), both evaluated on the seen facts (``--suite qa``): v2 must be the stronger;
 * per task (gen, mc): T1 and T2 = ``muscle/task.yaml`` on v1 and on v2 (LoRA, the same recipe), then every setting
   started from T2's adapter with the same recipe: ``muscle`` (the paper's loss on the answer tokens, the recipe),
-  ``muscle_context`` (on the context and answer tokens, as the paper), ``muscle_ce`` (with CE, λ = 0.5), ``kd_old`` (CE + KL to T1 on
-  every token: no mask, λ = 0.5) and ``more_epochs`` (T2's SFT for as many more epochs); each against T1 on the
-  task's test facts, ``posttrain eval --suite flips --reference T1``.
+  ``muscle_context`` (on the context and answer tokens, as the paper), ``muscle_ce`` (with CE, λ = 0.5),
+  ``kd_old`` (CE + KL to T1 on every token: no mask, λ = 0.5) and ``more_epochs`` (T2's SFT for as many more
+  epochs); each against T1 on the task's test facts, ``posttrain eval --suite flips --reference T1``.
 
 Prints, per task, each setting's accuracy, NFR, PFR, inconsistency flips (multiple choice) or ROUGE-L flips with
 their mean gain / regression (generative), and the mistake severity of the negative flips, as mean ± standard

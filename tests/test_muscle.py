@@ -12,8 +12,6 @@ from posttrain.modeling import load_frozen, load_model, load_tokenizer
 from posttrain.train import train
 from posttrain.trainers.muscle import MuscleConfig, MuscleTrainer, kd_per_token, old_teacher_mask
 
-LORA = ["--use_peft", "true", "--lora_r", "8", "--lora_target_modules", "q_proj", "v_proj", "o_proj"]
-
 
 def _logits(*rows):
     return torch.tensor(rows, dtype=torch.float)
