@@ -99,6 +99,7 @@ def nfr(old: list[float], new: list[float]) -> float:
     return sum(o > 0 and n <= 0 for o, n in zip(old, new)) / len(old)
 
 
+@pytest.mark.slow
 def test_a_few_steps_of_muscle_undo_the_negative_flips_and_keep_the_new_models_right_answers(toy):
     """Where T2 is confidently wrong, the paper's loss pulls a wrong token toward T1 and a right one back toward T2:
     the flipped items climb from T2's margin to the decision boundary (some cross it), the others stay right, and
@@ -114,6 +115,7 @@ def test_a_few_steps_of_muscle_undo_the_negative_flips_and_keep_the_new_models_r
     assert log[0]["muscle/old_frac"] > 0.1 and log[0]["muscle/kd"] > 0.1
 
 
+@pytest.mark.slow
 def test_lora_the_new_teacher_is_t2_at_every_step_and_the_run_holds_the_trained_adapter_only(
         toy, tiny_run, tiny_lora, tmp_path):
     """Started from T2's adapter (``init_adapter``), the new teacher is a frozen copy of that adapter on the same
@@ -148,6 +150,7 @@ def test_lora_the_new_teacher_is_t2_at_every_step_and_the_run_holds_the_trained_
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file() and not (tmp_path / "run" / "ref").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,message", [
     (["--mask", "sometimes"], "mask must be one of"),
     (["--temperature", "0"], "temperature must be positive"),
@@ -166,6 +169,7 @@ def test_settings_that_would_misapply_muscle_are_rejected_in_one_line(toy, capsy
     assert lines[0].startswith("posttrain: error:") and message in lines[0] and not out.exists()
 
 
+@pytest.mark.slow
 def test_an_old_model_with_another_tokenizer_is_rejected(toy, tmp_path):
     other = tmp_path / "other"
     tok = load_tokenizer(str(toy["base"]))
