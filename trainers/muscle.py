@@ -142,6 +142,7 @@ class MuscleTrainer(SFTTrainer):
         y = gold[keep]
         z = outputs.logits[:, :-1][keep]
         sequence = torch.arange(len(gold), device=gold.device)[:, None].expand_as(gold)[keep]
+
         def logits(teacher):
             with torch.no_grad():
                 return teacher(**forward).logits[:, :-1][keep]
