@@ -16,7 +16,7 @@ from posttrain.runs import atomic_dir, check_output, write_json
 
 GENERATORS = {"kg": "posttrain.data_gen.kg", "reasoning": "posttrain.data_gen.reasoning",
               "rtuning": "posttrain.data_gen.rtuning", "boundary": "posttrain.data_gen.boundary",
-              "muscle": "posttrain.data_gen.muscle"}
+              "muscle": "posttrain.data_gen.muscle", "multihop": "posttrain.data_gen.multihop"}
 
 
 def generator(name: str):

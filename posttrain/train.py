@@ -75,11 +75,23 @@ def rejections(method: str):
 
 
 def prepare(recipe: Recipe, method: Method, dd: DatasetDict, names: dict[str, str]):
-    """The method's data step on its splits, with the registry's columns only."""
-    data = {role: split(dd, name, method.columns).select_columns(list(method.columns)) for role, name in names.items()}
+    """The method's data step on its splits, with the registry's columns only. Several eval splits
+    (``dataset_eval_split: valid,test``) are each prepared by the step, as the eval role, and reach the trainer as
+    a dict (the Trainer evaluates each, its metrics named ``eval_<split>_...``)."""
+    evals = names["eval"].split(",") if names.get("eval") else [None]
     model_name = "" if recipe.scratch.from_scratch else recipe.model.model_name_or_path
-    with rejections(recipe.method):
-        return method.load(method.prepare)(data, recipe.train, model_name)
+
+    def step(eval_name):
+        roles = {**names, "eval": eval_name} if eval_name else names
+        data = {role: split(dd, name, method.columns).select_columns(list(method.columns))
+                for role, name in roles.items()}
+        with rejections(recipe.method):
+            return method.load(method.prepare)(data, recipe.train, model_name)
+
+    if len(evals) == 1:
+        return step(evals[0])
+    parts = [step(name) for name in evals]
+    return dataclasses.replace(parts[0], eval={name: part.eval for name, part in zip(evals, parts)})
 
 
 def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None = None,

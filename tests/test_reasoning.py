@@ -73,6 +73,53 @@ def test_verifier():
     assert not reasoning.verify("", "1") and not reasoning.verify("The answer is", "1")
     assert not reasoning.verify("The answer is 2 . The answer is 1 .", "1")  # the first answer counts
     assert not reasoning.verify("The answer is 12 .", "1")
+    # digit sequences: every digit, and the "." that ends them
+    assert reasoning.verify("The answer is 3 9 0 1 . more", "3 9 0 1") and reasoning.verify("The answer is 3 9 0 1.", "3 9 0 1")
+    assert not reasoning.verify("The answer is 3 9 0 .", "3 9 0 1") and not reasoning.verify("The answer is 3 9 0 1 2 .", "3 9 0 1")
+    assert reasoning.same_answer("The answer is 4 .", " 1 + 3 = 4 . The answer is 4 .")
+    assert not reasoning.same_answer("The answer is 4 .", " 1 + 3 = 4 .")  # a reference without an answer
+
+
+@pytest.mark.parametrize("digits", [(2, 2), (3, 1), (1, 3)])
+def test_multiplication_is_correct_long_multiplication(digits):
+    da, db = digits
+    dd = reasoning.generate(reasoning.Config(task="multiply", digits_a=da, digits_b=db, n_train=40, n_valid=5,
+                                             n_test=5))
+    assert {k: len(v) for k, v in dd.items()} == {"train": 40, "valid": 5, "test": 5}
+    assert len({p for s in dd.values() for p in s["prompt"]}) == 50
+    for row in (r for s in dd.values() for r in s):
+        m = re.fullmatch(r"Question: ([\d ]+) \* ([\d ]+) = \? Answer:", row["prompt"])
+        a, b = (int(g.replace(" ", "")) for g in m.groups())
+        assert (len(str(a)), len(str(b))) == digits and row["answer"] == " ".join(str(a * b))
+        assert reasoning.verify(row["completion"], row["answer"])
+        assert not reasoning.verify(row["completion"], " ".join(str(a * b + 1)))
+        *steps, final = row["completion"].strip().split(" . ")
+        assert final == f"The answer is {row['answer']} ." and len(steps) == row["steps"] == 2 * db - 1
+        for i, step in enumerate(steps[:db]):  # a * (digit i of b, shifted) = its partial product
+            left, product = step.split(" = ")
+            x, y = (int(t.replace(" ", "")) for t in left.split(" * "))
+            assert x == a and y == int(str(b)[::-1][i]) * 10 ** i and int(product.replace(" ", "")) == x * y
+        total = 0
+        for step in steps[db:]:  # running sums end at a * b
+            left, s = step.split(" = ")
+            total = sum(int(t.replace(" ", "")) for t in left.split(" + "))
+            assert int(s.replace(" ", "")) == total
+        assert db == 1 or total == a * b
+
+
+def test_direct_form_is_the_answer_alone():
+    for task in reasoning.TASKS:
+        cot = reasoning.generate(reasoning.Config(task=task, n_train=20, n_test=5))
+        direct = reasoning.generate(reasoning.Config(task=task, form="direct", n_train=20, n_test=5))
+        assert cot["test"]["prompt"] == direct["test"]["prompt"] and cot["test"]["answer"] == direct["test"]["answer"]
+        assert all(r["completion"] == f" The answer is {r['answer']} ." for r in direct["test"])
+    assert reasoning.n_problems(reasoning.Config(task="multiply", n_train=1)) == 90 * 90
+    with pytest.raises(ValueError, match="exceeds the 81"):
+        reasoning.Config(task="multiply", digits_a=1, digits_b=1, n_train=80, n_test=2)
+    for bad, match in ((dict(task="divide"), "task must be"), (dict(form="long"), "form must be"),
+                       (dict(digits_a=0), "digits_a"), (dict(n_valid=-1), "n_valid")):
+        with pytest.raises(ValueError, match=match):
+            reasoning.Config(**bad)
 
 
 class FakeEngine:

@@ -43,12 +43,14 @@ class Prepared:
     (``RUN/train_data``) and puts ``stats`` into ``run.json`` beside the training set's size."""
 
     train: object  # a datasets.Dataset, or a torch Dataset whose ``parts`` are datasets
-    eval: object | None = None
+    eval: object | None = None  # a dataset, or a dict of them (several eval splits)
     stats: dict = field(default_factory=dict)
 
     def splits(self) -> dict:
-        """What the run keeps: ``train`` (or its ``parts``) and ``eval``."""
+        """What the run keeps: ``train`` (or its ``parts``) and ``eval`` (``eval_<split>`` for each of several)."""
         out = dict(getattr(self.train, "parts", {"train": self.train}))
+        if isinstance(self.eval, dict):
+            return {**out, **{f"eval_{name}": ds for name, ds in self.eval.items()}}
         return out if self.eval is None else {**out, "eval": self.eval}
 
 
@@ -68,6 +70,7 @@ METHODS: dict[str, Method] = {
     "rule_rs": Method("posttrain.trainers.rule", "RejectionSteeringConfig", "RejectionSteeringTrainer",
                       columns=("prompt", "completion", "kind"), prepare="prepare_rs"),
     "muscle": Method("posttrain.trainers.muscle", "MuscleConfig", "MuscleTrainer"),
+    "dco": Method("posttrain.trainers.dco", "DCOConfig", "DCOTrainer"),
     "rule": Method("posttrain.trainers.rule", "RULEConfig", "RULETrainer", optional=(),
                    columns=("prompt", "kind", "target", "gold"), before="run_stage_one"),
 }
