@@ -1,6 +1,7 @@
 """The pass@N experiment of issue 15 on the testbed: DCO against CE on direct-answer multiplication.
 
     python benchmarks/dco_testbed.py [--seeds 0 1] [--ns 1 4 16 64] [--samples 128] [--out DIR] [--jobs 2]
+                                     [--set max_steps=100 eval_steps=50 ...]
 
 Per seed s (every step is the `posttrain` command a user runs): ``gen reasoning --task multiply --form direct
 --seed s`` (2-digit x 2-digit, digit tokens: 2,000 training, 200 validation and 200 test problems), then
@@ -47,7 +48,7 @@ def posttrain(*args, env=None) -> None:
         sys.exit(f"posttrain {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
 
 
-def one_run(seed: int, n: int, out: Path, samples: int, threads: int) -> dict:
+def one_run(seed: int, n: int, out: Path, samples: int, threads: int, overrides: list[str]) -> dict:
     """Train one (seed, N), evaluate its best and last checkpoints; returns their per-problem correct counts and
     the run's evaluation log."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -55,15 +56,15 @@ def one_run(seed: int, n: int, out: Path, samples: int, threads: int) -> dict:
     if not (run / "run.json").is_file():
         posttrain("train", RECIPE, "--n", n, "--seed", seed, "--dataset_path", data, "--output_dir", run,
                   "--dataset_eval_split", "valid,test", "--metric_for_best_model", "valid_exact_pass@64",
-                  "--overwrite_output_dir", "true", env=env)
+                  "--overwrite_output_dir", "true", *overrides, env=env)
     info = json.loads((run / "run.json").read_text())
     last = max(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))  # the last step's (kept)
     counts = {}
     for name, model in (("best", run), ("final", last)):
-        ev = run / f"eval-{name}"
+        ev = run / f"eval-{name}-n{samples}"
         if not (ev / "results.json").is_file():
             posttrain("eval", model, "--data", data, "--suite", "reasoning", "--splits", "test", "--n", samples,
-                      "--temperature", 1.0, "--max_tokens", 12, "--engine", "hf", "--batch_size", 1024,
+                      "--temperature", 1.0, "--max_tokens", 10, "--engine", "hf", "--batch_size", 1024,
                       "--seed", seed, "--output", ev, "--overwrite_output_dir", env=env)
         rows = [json.loads(line) for line in (ev / "samples.jsonl").read_text().splitlines()]
         counts[name] = np.array([r["n_correct"] for r in sorted(rows, key=lambda r: r["doc_id"])])
@@ -93,10 +94,10 @@ def summary(r: dict, samples: int) -> dict:
     return out
 
 
-def mean_se(values) -> str:
+def mean_se(values, digits: int = 3) -> str:
     v = np.asarray(values, dtype=float)
-    se = f" ± {np.std(v, ddof=1) / np.sqrt(len(v)):.3f}" if len(v) > 1 else ""
-    return f"{v.mean():.3f}{se}"
+    se = f" ± {np.std(v, ddof=1) / np.sqrt(len(v)):.{digits}f}" if len(v) > 1 else ""
+    return f"{v.mean():.{digits}f}{se}"
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int, iters: int = 2000) -> tuple[float, float, float]:
@@ -140,7 +141,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "posttrain-dco-bench")
     ap.add_argument("--plot", type=Path, default=Path(__file__).resolve().parents[1] / "recipes/dco/pass_at_k.png")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every run")
     a = ap.parse_args()
+    overrides = [x for kv in a.set for x in (f"--{kv.split('=', 1)[0]}", kv.split("=", 1)[1])]
     if not {1, 64} <= set(a.ns):
         ap.error("--ns must include 1 (CE) and 64 (the goal's DCO)")
     start = time.time()
@@ -152,7 +155,7 @@ def main() -> None:
     jobs = [(s, n) for s in a.seeds for n in a.ns if s == a.seeds[0] or n in (1, 64)]
     threads = max(1, (os.cpu_count() or 2) // a.jobs)
     with ThreadPoolExecutor(a.jobs) as pool:
-        runs = list(pool.map(lambda job: one_run(*job, a.out, a.samples, threads), jobs))
+        runs = list(pool.map(lambda job: one_run(*job, a.out, a.samples, threads, overrides), jobs))
     stats = {(r["seed"], r["n"]): summary(r, a.samples) for r in runs}
 
     print(f"\ntest pass@k, {a.samples} samples per problem at temperature 1 (seeds {a.seeds}; mean ± SE over seeds)")
@@ -162,7 +165,8 @@ def main() -> None:
     for n in a.ns:
         rows = [stats[s, n] for s in a.seeds if (s, n) in stats]
         name = "CE (N=1)" if n == 1 else f"DCO N={n}"
-        print(f"| {name} | " + " | ".join(mean_se([x[c] for x in rows]) for c in cols) + " |")
+        cells = [mean_se([x[c] for x in rows], 0 if c == "best_step" else 3) for c in cols]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
     print("\npaired bootstrap over the test problems, DCO(64) − CE, pass@64 (mean [95% interval]):")
     leads = {"final": [], "best": []}

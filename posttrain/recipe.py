@@ -24,7 +24,8 @@ class DataArguments:
     method: str = field(default="sft", metadata={"help": f"Trainer to use: one of {', '.join(sorted(METHODS))}."})
     dataset_path: str | None = field(default=None, metadata={"help": "A `posttrain gen` directory, a data file or directory (TOFU's layout too), or NAME=PATH,..."})
     dataset_train_split: str = field(default="corpus", metadata={"help": "Split to train on."})
-    dataset_eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on; several, comma-separated, are evaluated one by one (eval_<split>_ metrics)."})
+    dataset_eval_split: str | None = field(default=None, metadata={
+        "help": "Split to evaluate on; several, comma-separated, are evaluated one by one (eval_<split>_ metrics)."})
     dataset_forget_split: str | None = field(default=None, metadata={"help": "Split to unlearn (unlearning methods)."})
     dataset_retain_split: str | None = field(default=None, metadata={
         "help": "Split whose knowledge an unlearning method keeps (paired with the forget split)."})

@@ -74,8 +74,10 @@ def test_verifier():
     assert not reasoning.verify("The answer is 2 . The answer is 1 .", "1")  # the first answer counts
     assert not reasoning.verify("The answer is 12 .", "1")
     # digit sequences: every digit, and the "." that ends them
-    assert reasoning.verify("The answer is 3 9 0 1 . more", "3 9 0 1") and reasoning.verify("The answer is 3 9 0 1.", "3 9 0 1")
-    assert not reasoning.verify("The answer is 3 9 0 .", "3 9 0 1") and not reasoning.verify("The answer is 3 9 0 1 2 .", "3 9 0 1")
+    assert reasoning.verify("The answer is 3 9 0 1 . more", "3 9 0 1")
+    assert reasoning.verify("The answer is 3 9 0 1.", "3 9 0 1")
+    assert not reasoning.verify("The answer is 3 9 0 .", "3 9 0 1")
+    assert not reasoning.verify("The answer is 3 9 0 1 2 .", "3 9 0 1")
     assert reasoning.same_answer("The answer is 4 .", " 1 + 3 = 4 . The answer is 4 .")
     assert not reasoning.same_answer("The answer is 4 .", " 1 + 3 = 4 .")  # a reference without an answer
 

@@ -185,7 +185,7 @@ class DCOTrainer(SFTTrainer):
     def sampled_p(self, model, inputs) -> torch.Tensor:
         """p̂ per row: the fraction of ``p_samples`` completions of its prompt, sampled from the model being trained,
         that the verifier accepts against the row's gold completion."""
-        tok, ids, mask = self.processing_class, inputs["input_ids"], inputs["completion_mask"].bool()
+        tok, ids, mask = self.processing_class, inputs["input_ids"], inputs["labels"] != -100  # the completion
         prompt = inputs["attention_mask"].bool() & ~mask
         width = int(prompt.sum(-1).max())
         left = torch.full((len(ids), width), tok.pad_token_id, dtype=ids.dtype, device=ids.device)
