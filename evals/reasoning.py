@@ -16,7 +16,7 @@ from posttrain.data_gen import reasoning
 from posttrain.evals import metrics
 from posttrain.evals.qa import first_rows
 
-VERSION = 2  # 2: max_tokens 96 (48 cut solutions of five steps), stop sequences, standard errors
+VERSION = 3  # 2: max_tokens 96, stop sequences, standard errors; 3: the answer is every word up to "." (digit answers)
 COLUMNS = ("prompt", "answer")
 GENERATION = {}  # n and temperature are options of this suite
 HIGHER_IS_BETTER = {"mean_correct": True, "pass@k": True}
