@@ -1,15 +1,18 @@
+"""DCO: the loss against 60-digit arithmetic (N = 1 is CE, the gradient is F·∇CE, finite from p = 1 down to
+p = e^−2000), the sampled estimate's weights, the exact pass@k evaluation, and training behaviour: CE pushes
+confidence towards 1 where DCO stops once N samples would find the answer."""
+
 import math
 
 import mpmath
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
-
 from conftest import TINY_MODEL
 from posttrain.data_gen import reasoning
 from posttrain.errors import ConfigError
 from posttrain.trainers.dco import DCOConfig, DCOTrainer, coverage_weight, dco_loss, sequence_logps
+
 
 def exact_loss(s: float, n: int) -> float:
     """−log(1 − (1 − e^s)^N), computed with 60 significant digits of p."""
@@ -23,7 +26,7 @@ def exact_weight(p: float, n: int) -> float:
 
 
 def exact_weight_at(s: float, n: int) -> float:
-    """F(N, e^s), with p = e^s exact (e^−1e5 underflows a float)."""
+    """F(N, e^s), with p = e^s exact (e^−2000 underflows a float)."""
     with mpmath.workdps(60 + int(-s / 2.3)):
         p = mpmath.exp(mpmath.mpf(s))
         return float(n * (1 - p) ** (n - 1) * p / (1 - (1 - p) ** n))
