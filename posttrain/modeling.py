@@ -85,12 +85,20 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
 
 
 def load_model(
-    name_or_path: str, dtype: str | None = "float32", trust_remote_code: bool = False, revision: str | None = None
+    name_or_path: str, dtype: str | None = "float32", trust_remote_code: bool = False, revision: str | None = None,
+    quantization=None,
 ):
-    """``AutoModelForCausalLM.from_pretrained`` with safetensors only; ``dtype`` is a torch dtype name or "auto"."""
+    """``AutoModelForCausalLM.from_pretrained`` with safetensors only; ``dtype`` is a torch dtype name or "auto";
+    ``quantization``: a bitsandbytes config (QLoRA, CUDA only), the model then placed as TRL places k-bit models."""
     torch_dtype = dtype if dtype in (None, "auto") else getattr(torch, dtype)
+    placement = {}
+    if quantization is not None:
+        from trl import get_kbit_device_map
+
+        placement = {"quantization_config": quantization, "device_map": get_kbit_device_map()}
     return AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True
+        name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True,
+        **placement,
     )
 
 

