@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Dataset, DatasetDict
 
+from posttrain.progress import bar
+
 SURE_QUESTION = "Are you sure you accurately answered the question based on your internal knowledge ?"
 SURE, UNSURE = "I am sure .", "I am unsure ."
 REFUSALS = (
@@ -204,7 +206,7 @@ def _qa_text(rng, cfg, fact, obj) -> tuple[str, str, int]:
 
 def _corpus(cfg, rng, facts, seen, exposure, cover, ents) -> list[dict]:
     rows = []
-    for i in seen:
+    for i in bar(seen, desc="kg corpus", unit="fact", leave=False):
         f = facts[i]
         for _ in range(exposure[i]):
             expert = int(rng.choice(cover[f["entity"]]))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 from transformers import LogitsProcessor, StoppingCriteria
 
 from posttrain import modeling
 from posttrain.answers import cut_at_stop
 from posttrain.evals.engines import (batches, checkpoint_dtype, common_prefix, default_device,
                                     groups_by_adapter, resolve_dtype)
+from posttrain.progress import bar
 
 SCORE_CHUNK_BYTES = 1 << 28  # fp32 log-softmax computed at most this many bytes at a time
 
@@ -61,8 +61,8 @@ class HFEngine:
             self._use(ad)
             members = set(group)
             mine = sorted((r for r in rows if r[0] in members), key=lambda r: len(prompts[r[0]]))
-            for idx in tqdm(list(batches(mine, self.batch_size)), desc="generate", unit="batch", leave=False,
-                            disable=not self.progress):
+            for idx in bar(list(batches(mine, self.batch_size)), self.progress, desc="generate", unit="batch",
+                           leave=False):
                 enc = self._encode([prompts[i] for i, _ in idx], "left")
                 width = enc["input_ids"].shape[1]
                 seqs = self.model.generate(
@@ -94,8 +94,8 @@ class HFEngine:
         positions, K the longest continuation; log-softmax over the vocabulary in row chunks of at most
         ``SCORE_CHUNK_BYTES`` of fp32. A continuation of c tokens is the last c of the K scored positions (the first
         token of a text, having no prefix, is never scored)."""
-        for idx in tqdm(list(batches(order, self.batch_size)), desc="score", unit="batch", leave=False,
-                        disable=not self.progress):
+        for idx in bar(list(batches(order, self.batch_size)), self.progress, desc="score", unit="batch",
+                       leave=False):
             full = [prompts[i] + continuations[i] for i in idx]
             ids = self.tok(full)["input_ids"]
             lens = [len(f) - max(1, common_prefix(self.tok(prompts[i])["input_ids"], f)) for i, f in zip(idx, ids)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 from posttrain import modeling
 from posttrain.errors import UsageError
 from posttrain.evals.engines import (Adapter, checkpoint_dtype, common_prefix, default_device, per_prompt,
                                     resolve_dtype)
+from posttrain.progress import bar
 
 
 def llm_settings(device: str, dtype: str | None = None, model_dtype: str | None = None,
@@ -85,6 +87,8 @@ class VLLMEngine:
         self.llm = LLM(model=model, tokenizer=model, seed=seed, trust_remote_code=trust_remote_code, **self.settings)
         self._one_by_one = bool(lora) and self.device == "cpu"
         self.progress = progress
+        # vLLM's own bars ("Rendering prompts", "Processed prompts"), cleared when done as the HF engine's are
+        self._tqdm = partial(bar, leave=False) if progress else False
         self._adapters = {a: i + 1 for i, a in enumerate(adapters)}
 
     def _requests(self, adapter: Adapter, n: int) -> list:
@@ -115,7 +119,7 @@ class VLLMEngine:
                                  stop=stop, include_stop_str_in_output=True)
                   for i in range(len(prompts))]
         outs = self.llm.generate(self._prompts(self.tok(list(prompts))["input_ids"]), params,
-                                 lora_request=self._requests(adapter, len(prompts)), use_tqdm=self.progress)
+                                 lora_request=self._requests(adapter, len(prompts)), use_tqdm=self._tqdm)
         return [[c.text.strip() for c in o.outputs] * (1 if sample else n) for o in outs]
 
     def score(self, prompts, continuations, adapter=None):
@@ -131,11 +135,13 @@ class VLLMEngine:
         # flat, undecoded log-probs: 3-4x faster than vLLM's default per-token dicts with decoded strings
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False, flat_logprobs=True)
         if self._one_by_one:
-            outs = [o for r, lora in zip(reqs, self._requests(adapter, len(reqs)))
+            pairs = zip(reqs, self._requests(adapter, len(reqs)))
+            outs = [o for r, lora in bar(pairs, self.progress, total=len(reqs), desc="score", unit="request",
+                                         leave=False)
                     for o in self.llm.generate([r], params, lora_request=lora, use_tqdm=False)]
         else:
             outs = self.llm.generate(reqs, params, lora_request=self._requests(adapter, len(reqs)),
-                                     use_tqdm=self.progress)
+                                     use_tqdm=self._tqdm)
         return [[o.prompt_logprobs[t][ids[t]].logprob for t in range(s, len(ids))]
                 for o, ids, s in zip(outs, full, starts)]
 

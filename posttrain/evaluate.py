@@ -14,14 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from posttrain import modeling
 from posttrain.data import load_eval_data, split
 from posttrain.errors import UsageError
 from posttrain.evals import flips, forgetting, hallucination, metrics, qa, reasoning, report
 from posttrain.evals.engines import Served, make_engine, vllm_available
 from posttrain.evals.qa import first_rows
+from posttrain.progress import bar
 from posttrain.runs import atomic_dir, check_output
 
 SUITES = {"qa": qa, "hallucination": hallucination, "forgetting": forgetting, "flips": flips,
@@ -218,6 +217,8 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     trained = trained_settings(target)
     dd = load_eval_data(data, columns)
     chosen = {suite: choose_splits(suite, dd, splits) for suite in suites}
+    if "flips" in chosen:  # bad multiple-choice splits: one line before any engine starts or bar is drawn
+        flips.check_choices(dd, [s for s in chosen["flips"] if flips.is_multiple_choice(dd[s])])
     if "retain_logs" in given and "forget" in chosen.get("forgetting", ()):
         forgetting.matched_ratios(forgetting.retain_truth_ratios(given["retain_logs"]),
                                   first_rows(dd, ["forget"], limit)["forget"], given["retain_logs"])
@@ -229,7 +230,7 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     passed = {**trained, **given, "seed": seed, "bootstrap_iters": bootstrap_iters,
               "reference": Served(engines[ref.model], ref.adapter) if ref else None}
     results, samples, configs = {}, {}, {}
-    for suite in tqdm(suites, desc="eval", unit="suite", disable=not progress):
+    for suite in bar(suites, progress, desc="eval", unit="suite"):
         kwargs = {k: v for k, v in passed.items() if k in suite_options(suite)}
         results[suite], samples[suite] = SUITES[suite].evaluate(served, dd, chosen[suite], limit=limit, **kwargs)
         configs[suite] = suite_config(suite, kwargs, chosen[suite])

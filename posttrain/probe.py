@@ -24,6 +24,7 @@ from posttrain.data_gen.kg import ANSWER_STOP
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.answers import cut_at_stop
+from posttrain.progress import bar
 from posttrain.runs import atomic_dir, check_output, write_json
 
 COLUMNS = ("prompt", "completion")
@@ -75,7 +76,7 @@ def probe(model: str, data: str, out: str, splits: list[str] = ("train",), k: in
     settings = {"model": str(Path(target.model).resolve()), "data": data, "k": k, "temperature": temperature,
                 "max_tokens": max_tokens, "stop": list(stop), "seed": seed, "engine": eng.name}
     labelled = DatasetDict()
-    for s, ds in chosen.items():
+    for s, ds in bar(chosen.items(), progress, desc="probe", unit="split"):
         ds = label(eng, ds, k, temperature, max_tokens, seed, stop)
         ds.info.description = json.dumps({"probe": settings})
         labelled[s] = ds
