@@ -174,6 +174,7 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
     args = recipe.train
     check_launch(args)
     check_output(args.output_dir, args.overwrite_output_dir)
+    check_report_to(args.report_to)
     hub = hub_target(args)
     _, trainer_cls, method = get_method(recipe.method)
     if method.before:
@@ -221,6 +222,16 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
 
         push(final, hub.repo_id, private=hub.private, revision=hub.revision)
     return final
+
+
+def check_report_to(report_to: list[str]) -> None:
+    """An experiment tracker named in ``report_to`` that is not installed: one line, before any work (HF raises
+    at the trainer's construction)."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    missing = [name for name in report_to if name not in ("all", "none", *get_available_reporting_integrations())]
+    if missing:
+        raise UsageError(f"report_to {missing[0]}: {missing[0]} is not installed (pip install {missing[0]})")
 
 
 @dataclasses.dataclass

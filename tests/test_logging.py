@@ -137,3 +137,15 @@ def test_posttrain_commands_show_bars_unless_tqdm_disable(tmp_path, tiny_run, ti
         else:
             assert all(n in proc.stderr for n in names) and BAR in proc.stderr, proc.stderr[-2000:]
         assert BAR not in proc.stdout
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_one_line(capsys, tmp_path, tiny_kg):
+    from transformers.integrations import get_available_reporting_integrations
+
+    if "wandb" in get_available_reporting_integrations():
+        pytest.skip("wandb is installed here")
+    proc = cli(capsys, "train", "testbed/base.yaml", "--dataset_path", tiny_kg, "--output_dir", tmp_path / "run",
+               *TINY_MODEL, "--max_steps", "1", "--report_to", "wandb")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "posttrain: error: report_to wandb: wandb is not installed (pip install wandb)"]
+    assert list(tmp_path.iterdir()) == []
