@@ -151,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(gen(args.name, args.out, rest, overwrite=args.overwrite_output_dir))
         elif args.command == "train":
+            from accelerate import PartialState
+
             from posttrain.train import train
 
-            print(train(args.recipe, rest, command=["posttrain", *argv]))
+            run = train(args.recipe, rest, command=["posttrain", *argv])
+            if PartialState().is_main_process:  # one line for a launch of several processes
+                print(run)
         elif args.command == "eval":
             from posttrain.data import parse_columns
             from posttrain.evals.report import summary

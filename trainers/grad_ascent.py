@@ -28,6 +28,6 @@ class GradAscentTrainer(UnlearnTrainer):
     parts = ("forget",)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget, outputs = self.nll(model, inputs["forget"], "forget")
+        forget, outputs = self.nll(model, inputs["forget"], "forget", num_items_in_batch)
         loss = -self.args.forget_weight * forget
         return (loss, outputs) if return_outputs else loss

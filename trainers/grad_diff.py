@@ -37,7 +37,7 @@ class GradDiffTrainer(UnlearnTrainer):
     parts = ("forget", "retain")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget, outputs = self.nll(model, inputs["forget"], "forget")
-        retain, _ = self.nll(model, inputs["retain"], "retain")
+        forget, outputs = self.nll(model, inputs["forget"], "forget", num_items_in_batch)
+        retain, _ = self.nll(model, inputs["retain"], "retain", num_items_in_batch)
         loss = -self.args.forget_weight * forget + self.args.retain_weight * retain
         return (loss, outputs) if return_outputs else loss

@@ -73,12 +73,12 @@ class NPOTrainer(UnlearnTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = inputs["forget"]
-        _, outputs = self.nll(model, batch, "forget")
+        _, outputs = self.nll(model, batch, "forget", num_items_in_batch)
         logp, _ = answer_logps(outputs.logits, batch["labels"])
         ref, _ = answer_logps(self.reference(**batch, use_cache=False).logits, batch["labels"])
         log_ratio = logp - ref
         forget = npo_loss(log_ratio, self.args.beta)
-        retain, _ = self.nll(model, inputs["retain"], "retain")
+        retain, _ = self.nll(model, inputs["retain"], "retain", num_items_in_batch)
         self.record("npo_loss", forget)
         self.record("log_ratio", log_ratio.mean())
         loss = self.args.forget_weight * forget + self.args.retain_weight * retain

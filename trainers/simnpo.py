@@ -57,10 +57,10 @@ class SimNPOTrainer(UnlearnTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = inputs["forget"]
-        _, outputs = self.nll(model, batch, "forget")
+        _, outputs = self.nll(model, batch, "forget", num_items_in_batch)
         logp, length = answer_logps(outputs.logits, batch["labels"])
         forget = simnpo_loss(logp, length.clamp(min=1), self.args.beta, self.args.delta)
-        retain, _ = self.nll(model, inputs["retain"], "retain")
+        retain, _ = self.nll(model, inputs["retain"], "retain", num_items_in_batch)
         self.record("simnpo_loss", forget)
         loss = self.args.forget_weight * forget + self.args.retain_weight * retain
         return (loss, outputs) if return_outputs else loss

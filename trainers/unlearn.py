@@ -9,8 +9,18 @@
   ``input_ids``, ``attention_mask`` and ``labels`` — prompt + completion + EOS tokenised as TRL's SFT does it, the
   loss on the completion tokens only (prompt positions and padding are -100).
 * ``UnlearnConfig`` / ``UnlearnTrainer``: posttrain's SFT config and trainer (their device-aware precision and
-  checkpointing kept) with TRL's dataset preparation switched off, the paired collator, ``nll`` (HF's mean token
+  checkpointing kept) with TRL's dataset preparation switched off, the paired collator, ``nll`` (the mean token
   cross-entropy of one half) and, for methods that set ``uses_reference``, ``self.reference`` (``reference.py``).
+
+Normalisation, as HF's Trainer does it for its own loss: a half's token mean is over every answer token of that half
+in the optimizer step — all accumulated micro-batches, all processes (``average_tokens_across_devices``) — so that a
+run on N processes (or with gradient accumulation) takes the same steps as one process with the whole batch, however
+the answer lengths fall between them (a mean per process and micro-batch would weight a short answer's tokens more
+where it shares a batch with short answers). The counts per half are ``num_items_in_batch``, a dict
+``{"forget": n, "retain": n}`` that ``compute_loss`` passes on to ``nll``. Per-answer terms (NPO's, SimNPO's) are
+means over a micro-batch's answers, which every process has the same number of: DDP's average over processes and
+the Trainer's division by the accumulation steps make them the step's mean. Logged terms are the step's values over
+all processes.
 
 Difference from open-unlearning: its retain draw is unseeded (``torch.randint`` on every access); here it is a
 function of the seed, the epoch and the index.
@@ -23,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
 
 from posttrain.errors import ConfigError
 from posttrain.trainers import Prepared
@@ -59,7 +70,8 @@ class UnlearnConfig(SFTConfig):
 
 class ForgetRetain(torch.utils.data.Dataset):
     """``{"forget": forget[i], "retain": a seeded random retain item}`` for i < len(forget); see the module
-    docstring. ``parts``: the two datasets; ``set_epoch``: called by the Trainer's data loader every epoch."""
+    docstring. ``parts``: the two datasets; ``set_epoch``: called at the start of every epoch (``NewPairsEachEpoch``;
+    on one process the Trainer's data loader calls it too)."""
 
     def __init__(self, forget: Dataset, retain: Dataset | None = None, seed: int = 0):
         self.parts = {"forget": forget} if retain is None else {"forget": forget, "retain": retain}
@@ -99,6 +111,19 @@ def prepare(data: dict[str, Dataset], args: UnlearnConfig, model_name: str = "")
     return Prepared(ForgetRetain(forget, retain, seed), None, stats)
 
 
+class NewPairsEachEpoch(TrainerCallback):
+    """Sets the paired set's epoch when an epoch begins. The Trainer's data loader was to do it, but accelerate's
+    ``DataLoaderShard.set_epoch`` passes the epoch on to the dataset only when no sampler behind a sharded batch
+    sampler takes it (an if/elif): on several processes the pairs of epoch 0 would be kept for good."""
+
+    def __init__(self, dataset: ForgetRetain):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is the epoch's number here (plus the part done, when a run resumes mid-epoch)
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
 @dataclass
 class PairedCollator:
     """``[{"forget": {prompt, completion}, "retain": {...}}, ...]`` -> ``{"forget": batch, "retain": batch}``."""
@@ -125,12 +150,22 @@ class PairedCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def answer_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """How many tokens of a causal LM batch carry loss: labels other than -100, past the first position (position t
+    predicts label t+1, so label 0 is never a target) — HF's count for ``num_items_in_batch``."""
+    return labels[..., 1:].ne(-100).sum()
+
+
 class UnlearnTrainer(SFTTrainer):
     """Base of the forget/retain methods: a subclass sets ``parts`` (the halves its loss reads) and overrides
-    ``compute_loss`` with ``self.nll``; ``uses_reference = True`` gives it ``self.reference``."""
+    ``compute_loss`` with ``self.nll(model, inputs[part], part, num_items_in_batch)``; ``uses_reference = True``
+    gives it ``self.reference``. See the module docstring for how the loss is normalised."""
 
     parts: tuple[str, ...] = ("forget",)
     uses_reference: bool = False
+    # the Trainer divides every loss by the accumulation steps: nll undoes it for its token sums (see nll), and the
+    # per-answer terms are micro-batch means that need the division
+    loss_is_scaled_for_ga = False
 
     def __init__(self, model, args: UnlearnConfig, train_dataset: ForgetRetain, eval_dataset=None,
                  processing_class=None, data_collator=None, **kwargs):
@@ -151,10 +186,46 @@ class UnlearnTrainer(SFTTrainer):
                          eval_dataset=eval_dataset, processing_class=processing_class,
                          data_collator=data_collator or PairedCollator(processing_class, args.max_length), **kwargs)
         self.train_dataset = train_dataset
+        self.add_callback(NewPairsEachEpoch(train_dataset))
         self.reference = Reference(self.model) if self.uses_reference else None
 
-    def nll(self, model, batch: dict[str, torch.Tensor], name: str):
-        """HF's mean cross-entropy over ``batch``'s completion tokens, and the outputs; logged as ``<name>_nll``."""
-        outputs = model(**batch, use_cache=False)
-        self.record(f"{name}_nll", outputs.loss)
-        return outputs.loss, outputs
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> dict[str, torch.Tensor] | None:
+        """HF's ``num_items_in_batch`` for each half of the paired batches: ``{"forget": n, "retain": n}``, n the
+        answer tokens of that half in all of ``batch_samples`` (the optimizer step's micro-batches), summed over the
+        processes when ``average_tokens_across_devices`` (HF's default)."""
+        parts = [p for p in PARTS if batch_samples and isinstance(batch_samples[0].get(p), dict)]
+        if not parts:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        counts = torch.stack([sum(answer_tokens(b[p]["labels"]) for b in batch_samples) for p in parts]).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, "sum")
+        return dict(zip(parts, counts))
+
+    def nll(self, model, batch: dict[str, torch.Tensor], name: str, num_items_in_batch: dict | None = None):
+        """The mean token cross-entropy of ``batch``'s answers (half ``name``), and the outputs; logged as
+        ``<name>_nll``.
+
+        With ``num_items_in_batch`` (``compute_loss``'s), this process's share of the mean over the optimizer step,
+        as HF's Trainer computes its own loss: the summed token losses over the step's count, times the number of
+        processes (DDP averages their gradients) and the accumulation steps (the Trainer divides by them, see
+        ``loss_is_scaled_for_ga``) — summed over micro-batches and averaged over processes it is the step's mean.
+        Without it (a direct call), the mean over ``batch``."""
+        n = num_items_in_batch.get(name) if isinstance(num_items_in_batch, dict) else None
+        outputs = model(**batch, use_cache=False, **({} if n is None else {"num_items_in_batch": n}))
+        tokens = answer_tokens(batch["labels"])
+        loss = outputs.loss
+        if n is not None:
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+            if model.training:
+                loss = loss * self.current_gradient_accumulation_steps
+        # logged: this micro-batch's token mean over all processes
+        summed = outputs.loss.detach() * (tokens if n is None else n)
+        total = self.accelerator.reduce(torch.stack([summed.float(), tokens.float()]), "sum")
+        SFTTrainer.record(self, f"{name}_nll", total[0] / total[1].clamp(min=1))
+        return loss, outputs
+
+    def record(self, name: str, value: torch.Tensor) -> None:
+        """Log ``value`` (a scalar tensor) as ``name``, averaged over the processes (their micro-batches are of
+        one size, so this is the mean over the step's global batch)."""
+        super().record(name, self.accelerator.reduce(value.detach().float(), "mean"))
