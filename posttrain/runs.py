@@ -16,6 +16,20 @@ from posttrain.errors import UsageError
 
 PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "vllm")
 OVERWRITE = "--overwrite_output_dir"  # the flag (HF's name) that lets a command replace an existing output
+STATE = "trainer_state.json"  # written last into a checkpoint: a checkpoint without it is incomplete
+
+
+def partial_dir(final: Path) -> Path:
+    """Where a run is written until it is complete (one fixed name: every process of a distributed launch writes
+    there, and an interrupted run is found there to resume)."""
+    return final.parent / f".{final.name}.partial"
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints in ``folder`` that were saved whole, by step (a run killed while saving leaves one without
+    its trainer state)."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def check_output(final: str | Path, overwrite: bool = False) -> None:

@@ -24,24 +24,11 @@ from posttrain import modeling
 from posttrain.data import load_data, split
 from posttrain.errors import ConfigError, UsageError
 from posttrain.recipe import Recipe, parse
-from posttrain.runs import atomic_dir, check_output, run_info, write_json
+from posttrain.runs import (STATE, atomic_dir, check_output, complete_checkpoints, partial_dir, run_info,
+                            write_json)
 from posttrain.trainers import ROLES, Method, get_method
 
 TRAIN_DATA = "train_data"  # the prepared training set, inside the run directory
-STATE = "trainer_state.json"  # written last into a checkpoint: a checkpoint without it is incomplete
-
-
-def partial_dir(final: Path) -> Path:
-    """Where a run is written until it is complete (one fixed name: every process of a distributed launch writes
-    there, and an interrupted run is found there to resume)."""
-    return final.parent / f".{final.name}.partial"
-
-
-def complete_checkpoints(folder: Path) -> list[Path]:
-    """The checkpoints in ``folder`` that were saved whole, by step (a run killed while saving leaves one without
-    its trainer state)."""
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def resume_point(value: str | None, final: Path) -> str | None:

@@ -124,7 +124,8 @@ def test_tqdm_disable_silences_a_bar_and_a_bar_shows_on_a_pipe_otherwise(tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("disable", [False, True])
 def test_posttrain_commands_show_bars_unless_tqdm_disable(tmp_path, tiny_run, tiny_kg, disable):
-    """``posttrain gen``, ``eval --engine hf`` and ``train`` (the HF Trainer's own bar) as a user runs them: bars on stderr, none at all with ``TQDM_DISABLE=1``."""
+    """``posttrain gen``, ``eval --engine hf`` and ``train`` (the HF Trainer's own bar) as a user runs them: bars
+    on stderr, none at all with ``TQDM_DISABLE=1``."""
     env = {"TQDM_DISABLE": "1"} if disable else {}
     gen = _posttrain("gen", "kg", "--out", tmp_path / "kg", *TINY_KG, cwd=tmp_path, **env)
     ev = _posttrain("eval", tiny_run, "--data", tiny_kg, "--engine", "hf", "--splits", "seen", "--limit", "8",

