@@ -208,7 +208,9 @@ def model_card(run: Path, info: dict, repo_id: str, *, kind: str, merged: bool, 
     method = config.get("method", "sft")
     adapter = kind == "adapter" and not merged
     if kind == "adapter":
-        base = json.loads((run / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        from posttrain.modeling import adapter_base
+
+        base = adapter_base(str(run))
     else:
         base = None if config.get("from_scratch") else config.get("model_name_or_path")
     base_id = base_model or hub_id(base, cwd)
@@ -286,7 +288,9 @@ def _copy_run_files(run: Path, out: Path, skip: tuple[str, ...] = ()) -> None:
 def _merge_base(run: Path, info: dict) -> str:
     """The base model a LoRA run's adapter names: a Hub id, or a model directory (as given, or relative to the
     directory training ran in)."""
-    base = json.loads((run / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    from posttrain.modeling import adapter_base
+
+    base = adapter_base(str(run))
     if not base:
         raise UsageError(f"--merge: the adapter config of {run} names no base model")
     if hub_id(base, info.get("cwd")):

@@ -236,9 +236,13 @@ def hub_target(args) -> Hub | None:
     is checked before training, so that a missing one does not cost a run."""
     if not args.push_to_hub:
         return None
-    if not args.hub_model_id or "/" not in args.hub_model_id:
+    if not args.hub_model_id:
         raise UsageError("push_to_hub needs hub_model_id ORG/NAME")
     from huggingface_hub import get_token
+
+    from posttrain.push import check_repo_id
+
+    check_repo_id(args.hub_model_id, "hub_model_id")  # the check `posttrain push` makes, before training
 
     if not (args.hub_token or get_token()):
         raise UsageError("push_to_hub: no Hugging Face token (set HF_TOKEN, or run `hf auth login`)")

@@ -38,6 +38,21 @@ def cli(capsys, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["posttrain", *map(str, args)], code, out.out, out.err)
 
 
+def run_weights(run: Path) -> dict:
+    """A run directory's trained weights: its LoRA adapter, else its model."""
+    from safetensors.torch import load_file
+
+    name = "adapter_model.safetensors" if (run / "adapter_config.json").is_file() else "model.safetensors"
+    return load_file(run / name)
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    """Largest |difference| between two runs' weights (the same tensors required)."""
+    wa, wb = run_weights(a), run_weights(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
 def tiny_dataset(tmp_path_factory, generator: str) -> Path:
     """``posttrain gen GENERATOR`` with the tiny knowledge graph's settings, in a fresh temp dir."""
     from posttrain.gen import gen

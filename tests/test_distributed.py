@@ -37,11 +37,10 @@ import sys
 from unittest import mock
 
 import pytest
-from safetensors.torch import load_file
 
 from posttrain.modeling import load_model
 
-from conftest import ROOT, TINY_MODEL, cli
+from conftest import ROOT, TINY_MODEL, cli, max_weight_diff
 
 STEPS = 8
 GLOBAL_BATCH = 8
@@ -99,18 +98,12 @@ def check_written_once_by_the_main_process(run, reference, rows):
     assert logged[-1]["epoch"] == pytest.approx(STEPS / math.ceil(rows / GLOBAL_BATCH))
 
 
-def weight_difference(a, b):
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
-
-
 def check_same_training(one, two):
     """The logged losses step by step and the final weights of two runs agree within the stated tolerances."""
     l1, l2 = losses(one), losses(two)
     assert len(l1) == len(l2) == STEPS
     assert l2 == pytest.approx(l1, rel=LOSS_RTOL, abs=LOSS_ATOL), (l1, l2)
-    diff = weight_difference(one, two)
+    diff = max_weight_diff(one, two)
     assert diff < WEIGHT_ATOL, diff
     return diff
 
@@ -156,7 +149,7 @@ def test_grad_diff_on_two_processes_matches_one_process_and_accumulation(tmp_pat
         assert losses(two, part) == pytest.approx(losses(one, part), rel=LOSS_RTOL, abs=LOSS_ATOL)
     check_same_training(one, two)
     check_same_training(one, accumulated)
-    assert WEIGHT_ATOL < 0.02 * weight_difference(one, tiny_run)  # small against what the training changed
+    assert WEIGHT_ATOL < 0.02 * max_weight_diff(one, tiny_run)  # small against what the training changed
 
 
 def test_processes_that_would_each_train_alone_are_refused(capsys, monkeypatch, tmp_path, tiny_kg):

@@ -120,14 +120,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def push_cli(*args, endpoint: str, home: Path, token: str | None = TOKEN, **env) -> subprocess.CompletedProcess:
-    """``posttrain push ARGS`` in a subprocess with HF_ENDPOINT, an HF_HOME of its own (no login cache) and HF_TOKEN
-    (when given); no other HF_ variable of this process (the suite's HF_HUB_OFFLINE) reaches it."""
+def hub_cli(command: str, *args, endpoint: str, home: Path, token: str | None = TOKEN, timeout: int = 300,
+            **env) -> subprocess.CompletedProcess:
+    """``posttrain COMMAND ARGS`` in a subprocess with HF_ENDPOINT, an HF_HOME of its own (no login cache) and
+    HF_TOKEN (when given); no other HF_ variable of this process (the suite's HF_HUB_OFFLINE) reaches it."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env = {**base, "HF_ENDPOINT": endpoint, "HF_HOME": str(home), **({"HF_TOKEN": token} if token else {}), **env}
-    proc = subprocess.run([sys.executable, "-m", "posttrain", "push", *map(str, args)], capture_output=True, env=env,
-                          timeout=300)  # bytes: text mode would turn the bar's carriage returns into newlines
+    proc = subprocess.run([sys.executable, "-m", "posttrain", command, *map(str, args)], capture_output=True,
+                          env=env, timeout=timeout)  # bytes: text mode would make a bar's carriage returns newlines
     return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def push_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return hub_cli("push", *args, **kwargs)
 
 
 def shown(stderr: str) -> list[str]:
@@ -433,13 +438,6 @@ def test_upload_failures_are_one_line_and_keep_the_staged_folder(hub, lora_run, 
         assert hub.requests == []
 
 
-def _train_cli(*args, endpoint: str, home: Path, token: str | None = TOKEN) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env = {**base, "HF_ENDPOINT": endpoint, "HF_HOME": str(home), **({"HF_TOKEN": token} if token else {})}
-    return subprocess.run([sys.executable, "-m", "posttrain", "train", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=600)
-
-
 @pytest.mark.slow
 def test_push_to_hub_in_a_recipe_pushes_the_finished_run_once(hub, tiny_run, tiny_kg, tmp_path):
     """TRL's ``push_to_hub`` / ``hub_model_id`` / ``hub_private_repo``: the finished run goes up as `posttrain push`
@@ -449,11 +447,11 @@ def test_push_to_hub_in_a_recipe_pushes_the_finished_run_once(hub, tiny_run, tin
              tiny_kg, "--output_dir", out, "--use_peft", "true", "--lora_r", "4", "--max_steps", "2",
              "--save_strategy", "steps", "--save_steps", "1", "--push_to_hub", "true", "--hub_model_id", "me/trained",
              "--hub_private_repo", "true"]
-    proc = _train_cli(*flags, endpoint=hub.url, home=tmp_path / "home", token=None)
+    proc = hub_cli("train", *flags, endpoint=hub.url, home=tmp_path / "home", token=None, timeout=600)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "posttrain: error: push_to_hub: no Hugging Face token (set HF_TOKEN, or run `hf auth login`)"]
     assert not out.exists() and hub.routes() == []
-    proc = _train_cli(*flags, endpoint=hub.url, home=tmp_path / "home")
+    proc = hub_cli("train", *flags, endpoint=hub.url, home=tmp_path / "home", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     routes = [r for r in hub.routes() if "/commit/" in r]
     assert routes == ["POST /api/models/me/trained/commit/main"]
@@ -464,3 +462,13 @@ def test_push_to_hub_in_a_recipe_pushes_the_finished_run_once(hub, tiny_run, tin
     info = json.loads((out / "run.json").read_text())
     assert info["hub"] == {"repo_id": "me/trained", "private": True, "revision": None}
     assert TOKEN not in proc.stdout + proc.stderr + (out / "run.json").read_text()
+
+
+@pytest.mark.parametrize("repo_id, message", [("", "push_to_hub needs hub_model_id ORG/NAME"),
+                                              ("me/a/b", "bad hub_model_id 'me/a/b'")])
+def test_a_bad_hub_model_id_is_refused_before_training(capsys, tiny_kg, tmp_path, repo_id, message):
+    proc = cli(capsys, "train", "testbed/base.yaml", "--dataset_path", tiny_kg, "--output_dir", tmp_path / "run",
+               "--max_steps", "1", "--push_to_hub", "true", "--hub_model_id", repo_id)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"posttrain: error: {message}")
+    assert list(tmp_path.iterdir()) == []

@@ -10,28 +10,15 @@ import sys
 import time
 
 import pytest
-import torch
 from datasets import Dataset, DatasetDict, load_from_disk
-from safetensors.torch import load_file
 
-from conftest import TINY_MODEL, cli, posttrain
+from conftest import TINY_MODEL, cli, max_weight_diff, posttrain
 from posttrain.gen import gen
 from posttrain.train import train
 
 # Resumed and uninterrupted runs take the same steps on the same batches from the same optimizer state; what is
 # left is float noise from reloading (the weights round-trip exactly through safetensors).
 ATOL = 1e-5
-
-
-def weights(run) -> dict[str, torch.Tensor]:
-    name = "adapter_model.safetensors" if (run / "adapter_config.json").is_file() else "model.safetensors"
-    return load_file(run / name)
-
-
-def max_diff(a, b) -> float:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
 def losses(run) -> list[float]:
@@ -67,7 +54,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_weights(tmp_path, tiny_k
     info = json.loads((out / "run.json").read_text())
     assert info["resumed_from"].startswith(str(partial)) and info["train_metrics"]["epoch"] > 0
     assert checkpoints(out) == checkpoints(whole) == ["checkpoint-70", "checkpoint-80"]  # save_total_limit 2
-    assert max_diff(out, whole) < ATOL
+    assert max_weight_diff(out, whole) < ATOL
     assert losses(out) == pytest.approx(losses(whole), abs=1e-4)  # the history before the kill comes back too
 
 
@@ -166,7 +153,7 @@ def test_every_trainer_resumes_from_a_checkpoint_to_the_same_weights(method, tin
     assert checkpoints(whole) == ["checkpoint-2", "checkpoint-4"]
     resumed = train(recipe, [*flags, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
                              str(whole / "checkpoint-2")])
-    assert max_diff(resumed, whole) < ATOL
+    assert max_weight_diff(resumed, whole) < ATOL
     assert losses(resumed) == pytest.approx(losses(whole), abs=1e-4)
 
 
