@@ -28,16 +28,18 @@ from datasets import DatasetDict
 from posttrain.data_gen.kg import ANSWER_STOP
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
-from posttrain.evals.qa import first_rows, greedy_answers
+from posttrain.evals.common import first_rows, golds, greedy_answers
 
-VERSION = 3  # 3: multiple-choice splits (choices, gold) scored by log-likelihood; 2: answers cut at stop sequences
+VERSION = 4  # 4: the match rule and aliases; 3: multiple-choice splits (choices, gold) scored by log-likelihood; 2: stop
+# sequences
 GENERATION = {"n": 1, "temperature": 0.0}  # the generative splits' (multiple-choice splits are scored)
 HIGHER_IS_BETTER = {"candidate_exact_match": True, "reference_exact_match": True, "negative_flip_rate": False,
                     "positive_flip_rate": True, "inconsistency_flip_rate": False, "agreement": None,
                     "rouge_positive_flip_rate": True, "rouge_negative_flip_rate": False, "rouge_mean_gain": True,
                     "rouge_mean_regression": False, "nf_same_type": True, "nf_not_entity": False,
                     "nf_graph_distance": False, "nf_unreachable": False}
-COLUMNS = ("prompt", "completion", "entity", "answer", "answer_type")
+COLUMNS = ("prompt",)  # and a generative split's completion, or a multiple-choice split's choices and gold
+SEVERITY_COLUMNS = ("entity", "answer", "answer_type")  # the testbed's: mistake severity needs the graph
 GRAPH_SPLITS = ("seen", "unseen")  # the QA splits whose facts make the knowledge graph
 
 
@@ -140,8 +142,9 @@ def choice_answers(engine, dd: DatasetDict, splits: list[str], limit: int | None
 
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
-             stop=ANSWER_STOP, reference=None) -> tuple[dict, list[dict]]:
-    """Per split: ``n``, both models' exact match, the means of ``metrics.flip_items`` (by exact match) and the
+             stop=ANSWER_STOP, reference=None, match: str = "exact") -> tuple[dict, list[dict]]:
+    """Per split: ``n``, both models' exact match (generative splits: under the ``match`` rule against the completion,
+    ``answer`` and ``aliases``), the means of ``metrics.flip_items`` (by exact match) and the
     mistake severity (``nf_*``) of the negative flips; generative splits also ``rouge_*`` = the means of
     ``metrics.similarity_flip_items`` with S = ROUGE-L recall of the answer against the gold completion.
     Multiple-choice splits (``choices`` and ``gold`` columns) are scored, not generated: a model's answer is its
@@ -155,8 +158,11 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
     mc = [s for s in splits if is_multiple_choice(dd[s])]
     check_choices(dd, mc)
     gen = [s for s in splits if s not in mc]
-    types = entity_types(dd)
-    index, dist = graph_distances(dd)
+    for s in gen:
+        if "completion" not in dd[s].column_names:
+            raise UsageError(f"split {s!r} has neither a completion column (generative) nor choices and gold "
+                             "(multiple-choice)")
+    graph = (entity_types(dd), *graph_distances(dd)) if any(s in dd for s in GRAPH_SPLITS) else None
     answered = {}
     if gen:
         cand = greedy_answers(engine, dd, gen, limit, max_tokens, stop)
@@ -178,16 +184,17 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
                       "reference_loglikelihoods": lr} for p, r, lc, lr in zip(pred, ref_pred, ll, ref_ll)]
         else:
             ds, answers, ref_answers = answered[s]
-            gold = list(ds["completion"])
-            cc = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
-            rc = [metrics.exact_match(a, g) for a, g in zip(ref_answers, gold)]
+            gold, accepted = list(ds["completion"]), golds(ds)
+            cc, rc = ([metrics.is_correct(a, g, match) for a, g in zip(ans, accepted)] for ans in (answers, ref_answers))
             sim = [[metrics.rouge_l_recall(a, g) for a, g in zip(ans, gold)] for ans in (ref_answers, answers)]
             similarity = {f"rouge_{k}": v for k, v in metrics.similarity_flip_items(*sim).items()}
             extra = [{"kind": "generative"}] * len(ds)
         flips = ["negative" if r and not c else "positive" if c and not r else None for r, c in zip(rc, cc)]
         neg = [i for i, f in enumerate(flips) if f == "negative"]
-        columns = (answers, *(list(ds[c]) for c in ("entity", "answer", "answer_type")))
-        sev, per = severity(*([col[i] for i in neg] for col in columns), types, index, dist)
+        sev, per = {}, []
+        if graph is not None and set(SEVERITY_COLUMNS) <= set(ds.column_names):
+            columns = (answers, *(list(ds[c]) for c in SEVERITY_COLUMNS))
+            sev, per = severity(*([col[i] for i in neg] for col in columns), *graph)
         items = {"candidate_exact_match": cc, "reference_exact_match": rc,
                  **metrics.flip_items(rc, cc, ref_answers, answers), **similarity, **sev}
         results[s] = {"n": len(ds)}

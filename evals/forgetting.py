@@ -5,8 +5,10 @@ a_<t) the mean token NLL of answer a to question q:
 * ``exact_match``, ``refusal_rate``: of the greedy answer; ``wrong_rate`` = mean_i 1[neither right nor refused] (how
   GradAscent and NPO "forget": by answering wrongly, not by refusing); ``junk_rate`` = mean_i 1[the answer is
   degenerate] (``answers.is_degenerate``: unfinished at the token limit, or words repeated back to back);
-  ``named_refusal_rate`` = mean_i 1[refused and the answer names the row's ``entity``] (RULE's targeted refusal;
-  NaN without a non-empty ``entity`` column);
+  ``named_refusal_rate`` = mean_i 1[refused and the answer names the row's ``entity``, all its words in a row:
+  "Burkina Faso"] (RULE's targeted refusal; NaN without a non-empty ``entity`` column); ``empty_rate`` =
+  mean_i 1[nothing generated]; right answers are judged by the ``match`` rule against the completion, ``answer``
+  and ``aliases``, refusals by the one matcher (``answers.is_refusal``: the refusals plus free-form hedges);
 * ``rouge_l_recall`` = mean_i LCS(greedy answer, gold) / |gold| in words (``rouge-score``);
 * ``answer_prob`` = mean_i exp(-nll(gold_i));
 * ``truth_ratio``: per question TR = exp(-mean_j nll(perturbed_j)) / exp(-nll(paraphrased)) over the row's
@@ -34,13 +36,14 @@ from datasets import DatasetDict
 from posttrain.data_gen.kg import ANSWER_STOP
 from posttrain.errors import UsageError
 from posttrain.evals import metrics
-from posttrain.evals.qa import first_rows, greedy_answers
+from posttrain.evals.common import first_rows, golds, greedy_answers, judged
 
-VERSION = 3  # 2: answers cut at stop sequences; retain logs matched question by question; 3: wrong, junk and
-# named-refusal rates
+VERSION = 4  # 2: answers cut at stop sequences; retain logs matched question by question; 3: wrong, junk and
+# named-refusal rates; 4: the match rule and aliases, empty answers apart, multi-word names, the refusal matcher
 GENERATION = {"n": 1, "temperature": 0.0}
 COLUMNS = ("prompt", "completion", "paraphrased_answer", "perturbed_answers")
-HIGHER_IS_BETTER = {"exact_match": None, "refusal_rate": None, "wrong_rate": False, "junk_rate": False,
+HIGHER_IS_BETTER = {"exact_match": None, "refusal_rate": None, "empty_rate": False, "wrong_rate": False,
+                    "junk_rate": False,
                     "named_refusal_rate": None, "rouge_l_recall": None, "answer_prob": None,
                     "truth_ratio": None, "truth_ratio_closer_to_1": None, "truth_ratio_true_better": None,
                     "forget_quality": True, "mia_auc": None}  # lower on the forget split, higher on the others
@@ -94,7 +97,7 @@ def nll(token_logprobs: list[float]) -> float:
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
              stop=ANSWER_STOP, refusals=metrics.DEFAULT_REFUSALS, retain_logs: str | Path | None = None,
-             bootstrap_iters: int = 1000, seed: int = 0) -> tuple[dict, list[dict]]:
+             match: str = "exact", bootstrap_iters: int = 1000, seed: int = 0) -> tuple[dict, list[dict]]:
     """Results per split (``n``, ``exact_match``, ``refusal_rate``, ``rouge_l_recall``, ``answer_prob``,
     ``truth_ratio`` with both aggregates, ``forget_quality``, ``mia_auc``, with standard errors) and one sample per
     question. One engine.generate call and one engine.score call for all splits and the non-member questions."""
@@ -117,16 +120,15 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
 
     results, samples = {}, []
     for s, (ds, answers) in answered.items():
-        gold = list(ds["completion"])
-        correct = [metrics.exact_match(a, g) for a, g in zip(answers, gold)]
-        refused = [metrics.is_refusal(a, refusals) for a in answers]
-        wrong = [not c and not r for c, r in zip(correct, refused)]
+        gold, accepted = list(ds["completion"]), golds(ds)
+        j = judged(answers, accepted, match, refusals)
+        correct, refused = j["correct"], j["refused"]
+        wrong = [not c and not r and not e for c, r, e in zip(correct, refused, j["empty"])]
         junk = [metrics.is_degenerate(a, stop) for a in answers]
         entities = ds["entity"] if "entity" in ds.column_names else None
         named = None
         if entities is not None and any(str(e).strip() for e in entities):
-            named = [r and metrics.normalize(str(e)) in metrics.normalize(a).split()
-                     for a, r, e in zip(answers, refused, entities)]
+            named = [r and metrics.contains(a, str(e)) for a, r, e in zip(answers, refused, entities)]
         rouge = [metrics.rouge_l_recall(a, g) for a, g in zip(answers, gold)]
         prob = [metrics.geometric_mean_prob(lp[0]) for lp in per_split[s]]
         ratios = [metrics.truth_ratio(nll(lp[1]), [nll(x) for x in lp[2:]]) for lp in per_split[s]]
@@ -134,7 +136,8 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         closer, better = metrics.truth_ratio_items(ratios).values()
         quality = metrics.forget_quality(ratios, reference) if s == "forget" and reference else float("nan")
         r = {"n": len(ds)}
-        for name, values in (("exact_match", correct), ("refusal_rate", refused), ("wrong_rate", wrong),
+        for name, values in (("exact_match", correct), ("refusal_rate", refused), ("empty_rate", j["empty"]),
+                             ("wrong_rate", wrong),
                              ("junk_rate", junk), ("rouge_l_recall", rouge),
                              ("answer_prob", prob), ("truth_ratio", closer if s == "forget" else better),
                              ("truth_ratio_closer_to_1", closer), ("truth_ratio_true_better", better)):

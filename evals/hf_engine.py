@@ -14,6 +14,13 @@ from posttrain.progress import bar
 SCORE_CHUNK_BYTES = 1 << 28  # fp32 log-softmax computed at most this many bytes at a time
 
 
+def end_tokens(generation_eos, tokenizer_eos) -> list[int]:
+    """Every token that ends an answer: the generation config's (a chat model's end-of-turn, often several) and the
+    tokenizer's eos, as vLLM stops on both."""
+    ids = generation_eos if isinstance(generation_eos, list) else [generation_eos]
+    return list(dict.fromkeys(i for i in [*ids, tokenizer_eos] if i is not None))
+
+
 class HFEngine:
     """Batched HF inference. Prompts are sorted by length and left-padded, so a batch wastes little padding.
 
@@ -29,6 +36,7 @@ class HFEngine:
         self.tok = modeling.load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.model = modeling.load_model(model, self.dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
         self.batch_size, self.progress = batch_size, progress
+        self.eos = end_tokens(self.model.generation_config.eos_token_id, self.tok.eos_token_id)
         self._adapters: dict[str, str] = {}
         for a in adapters:
             self._use(a)
@@ -70,7 +78,7 @@ class HFEngine:
                     logits_processor=[RowSampler(temperature, [seed * 1_000_003 + i for i, _ in idx],
                                                  [j for _, j in idx])] if sample else None,
                     stopping_criteria=[StopStrings(self.tok, stop, width)] if stop else None,
-                    pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+                    pad_token_id=self.tok.pad_token_id, eos_token_id=self.eos,
                 )
                 for r, t in zip(idx, self.tok.batch_decode(seqs[:, width:], skip_special_tokens=True)):
                     texts[r] = cut_at_stop(t, stop).strip()

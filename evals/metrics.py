@@ -6,24 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posttrain.answers import exact_match, is_degenerate, normalize  # noqa: F401 (the suites' metrics)
+from posttrain.answers import (HEDGES, MATCH_RULES, contains, exact_match, is_correct, is_degenerate,  # noqa: F401
+                               is_refusal, normalize, refusal_subject,
+                               rouge_l_recall)  # the suites' metrics: answers.py is where training reads them too
 
-DEFAULT_REFUSALS = ("i do not know",)
+DEFAULT_REFUSALS = ("I do not know",)  # the testbed's; answers.HEDGES cover chat models' free-form ones
 EXPOSURE_BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, None))
-
-
-def is_refusal(text: str, phrases: Sequence[str] = DEFAULT_REFUSALS) -> bool:
-    """1[some refusal phrase occurs in normalize(text)]."""
-    t = normalize(text)
-    return any(normalize(p) in t for p in phrases)
-
-
-def contains_answer(output: str, gold: str) -> bool:
-    """R-Tuning's correctness, "gold in output", on whole words: 1[the words of normalize(gold) occur as a
-    contiguous run in the words of normalize(output), trailing '.' dropped]. Whole words, because a plain substring
-    test counts "C1" as found in "C15"."""
-    out, g = (normalize(t).rstrip(".").split() for t in (output, gold))
-    return bool(g) and any(out[i:i + len(g)] == g for i in range(len(out) - len(g) + 1))
 
 
 def answer_entropy(answers: Sequence[str]) -> float:
@@ -91,16 +79,29 @@ def accuracy_by_bucket(values: Sequence[int], correct: Sequence[bool],
     return out
 
 
+def accuracy_by_decile(values: Sequence[float], correct: Sequence[bool], n: int = 10) -> list[dict]:
+    """Items sorted by ``values`` (e.g. an entity's population, ascending) and cut into ``n`` groups of (nearly)
+    equal size (``numpy.array_split``; ties broken by order): per group, its value range, n, mean(correct) and the
+    standard error — the points of a knowledge curve. Fewer groups when there are fewer than ``n`` items."""
+    order = np.argsort(np.asarray(values, dtype=float), kind="stable")
+    v, c = np.asarray(values, dtype=float)[order], np.asarray(correct, dtype=float)[order]
+    return [{"decile": b + 1, "lo": float(g[0]), "hi": float(g[-1]), "n": len(g), "accuracy": float(c[i].mean()),
+             "stderr": stderr(c[i])}
+            for b, (i, g) in enumerate((i, v[i]) for i in np.array_split(np.arange(len(v)), min(n, len(v))))
+            if len(i)]
+
+
 # --- hallucination -------------------------------------------------------------------------------------------------
 
-def hallucination_items(correct: Sequence[bool], refused: Sequence[bool],
-                        known: Sequence[bool]) -> dict[str, list[bool]]:
+def hallucination_items(correct: Sequence[bool], refused: Sequence[bool], known: Sequence[bool],
+                        empty: Sequence[bool] | None = None) -> dict[str, list[bool]]:
     """The per-question flags whose means are the hallucination rates, over N questions:
-    accuracy = mean(correct); refusal_rate = mean(refused);
-    hallucination_rate = mean(not refused and not correct)   (answered, and wrong);
+    accuracy = mean(correct); refusal_rate = mean(refused); empty_rate = mean(empty)   (nothing answered);
+    hallucination_rate = mean(not refused and not empty and not correct)   (answered, and wrong);
     laziness = mean(refused | known)                           (refused although the fact is known to the model)."""
     c, r, k = (np.asarray(x, dtype=bool) for x in (correct, refused, known))
-    return {"accuracy": list(c), "refusal_rate": list(r), "hallucination_rate": list(~r & ~c),
+    e = np.zeros_like(c) if empty is None else np.asarray(empty, dtype=bool)
+    return {"accuracy": list(c), "refusal_rate": list(r), "empty_rate": list(e), "hallucination_rate": list(~r & ~e & ~c),
             "laziness": list(r[k])}
 
 
@@ -157,14 +158,6 @@ def sure_probability(logp_sure: float, logp_unsure: float) -> float:
 
 
 # --- forgetting ----------------------------------------------------------------------------------------------------
-
-def rouge_l_recall(prediction: str, target: str) -> float:
-    """ROUGE-L recall = LCS(prediction, target) / |target| in tokens (``rouge-score``, stemming on), as
-    open-unlearning reports it."""
-    from rouge_score import rouge_scorer
-
-    return float(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(target, prediction)["rougeL"].recall)
-
 
 def truth_ratio(paraphrased_nll: float, perturbed_nll: Sequence[float]) -> float:
     """TR = exp(-mean_j nll(perturbed_j)) / exp(-nll(paraphrased)), nll = mean token NLL of an answer: the geometric

@@ -14,7 +14,7 @@ from datasets import DatasetDict
 
 from posttrain.data_gen import reasoning
 from posttrain.evals import metrics
-from posttrain.evals.qa import first_rows
+from posttrain.evals.common import first_rows
 
 VERSION = 3  # 2: max_tokens 96, stop sequences, standard errors; 3: the answer is every word up to "." (digit answers)
 COLUMNS = ("prompt", "answer")

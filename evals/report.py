@@ -53,6 +53,13 @@ def split_table(results: dict) -> str:
     return table(["split", *keys], [[s, *(cell(r, k) for k in keys)] for s, r in results.items()])
 
 
+def popularity_table(by_popularity: list[dict]) -> str:
+    """The knowledge curve: accuracy per popularity decile ("value ± stderr")."""
+    return table(["decile", "popularity", "n", "accuracy"],
+                 [[b["decile"], f"{b['lo']:,.0f}-{b['hi']:,.0f}", b["n"],
+                   cell({"m": b["accuracy"], "m_stderr": b["stderr"]}, "m")] for b in by_popularity])
+
+
 def exposure_table(by_exposure: dict) -> str:
     return table(["exposure", "n", "exact_match"], [[b, v["n"], cell({"m": v["accuracy"], "m_stderr": v["stderr"]}, "m")]
                                                     for b, v in by_exposure.items()])
@@ -133,6 +140,17 @@ def reliability_diagram(path: Path, bins_by_line: dict[str, list[dict]]) -> None
     _plot(path, draw, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="reliability")
 
 
+def knowledge_curve(path: Path, curves: dict[str, list[dict]]) -> None:
+    """Accuracy per popularity decile with its standard error, one line per split (or run)."""
+    def draw(ax):
+        for name, bins in curves.items():
+            ax.errorbar([b["decile"] for b in bins], [b["accuracy"] for b in bins],
+                        yerr=[b["stderr"] for b in bins], marker="o", capsize=3, label=name)
+
+    _plot(path, draw, xlabel="popularity decile (1 = least populous)", ylabel="accuracy", ylim=(0, 1),
+          title="knowledge by popularity")
+
+
 def pass_at_k_curve(path: Path, curves: dict[str, dict[int, float]]) -> None:
     """pass@k against k (log scale), one line per split (or run)."""
     def draw(ax):
@@ -189,6 +207,12 @@ def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], c
         for split, r in res.items():
             if r.get("by_exposure"):
                 parts += ["", f"### {split}: exact match by exposure count", "", exposure_table(r["by_exposure"])]
+        popular = {split: r["by_popularity"] for split, r in res.items() if r.get("by_popularity")}
+        for split, bins in popular.items():
+            parts += ["", f"### {split}: accuracy by popularity decile", "", popularity_table(bins)]
+        if popular:
+            knowledge_curve(out / f"{suite}_popularity.png", popular)
+            parts += ["", f"![knowledge by popularity]({suite}_popularity.png)"]
         bins = {split: r["reliability_answer"] for split, r in res.items() if r.get("reliability_answer")}
         if bins:
             reliability_diagram(out / f"{suite}_reliability.png", bins)

@@ -3,6 +3,8 @@ that a trainer judges a completion exactly as the evaluation will, without impor
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 
 
@@ -10,6 +12,17 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """``text`` up to and including the earliest occurrence of any stop string (all of it when none occurs)."""
     ends = [i + len(s) for s in stop if s and (i := text.find(s)) >= 0]
     return text[:min(ends)] if ends else text
+
+
+def answer_text(completion) -> str:
+    """The text of a completion: a string as is; a conversational one (TRL's format, a list of messages — GRPO passes
+    ``[{"role": "assistant", "content": text}]`` to reward functions) the content of its last message."""
+    if isinstance(completion, str):
+        return completion
+    if not completion:
+        return ""
+    content = completion[-1].get("content")
+    return content if isinstance(content, str) else ""
 
 
 def normalize(text: str) -> str:
@@ -23,13 +36,90 @@ def exact_match(prediction: str, gold: str) -> bool:
     return normalize(prediction) == normalize(gold)
 
 
-def refusal_subject(text: str, templates: Sequence[str]) -> str | None:
-    """Who a well-formed refusal names: for the first template T (``{s}`` marks the subject) with
-    normalize(text) == normalize(T) once ``{s}`` is read as one or more words, those words (``""`` for a template
-    without ``{s}``); None when no template matches in full. A full match, not a search: "I do not know not know"
-    and "I Question: ." are no refusals (partial phrases are how a loose check gets gamed, METHODS.md §2.4)."""
+def is_degenerate(text: str, stop: Sequence[str] = (), max_ngram: int = 3) -> bool:
+    """Junk: 1[text is empty, or (with ``stop``) does not end in a stop string — it ran to the token limit — or some
+    run of n <= ``max_ngram`` words is repeated back to back ("know know", "not know not know")]. Words are those of
+    normalize(text)."""
+    words = normalize(text).split()
+    if not words or (stop and not any(text.rstrip().endswith(s.strip()) for s in stop if s.strip())):
+        return True
+    return any(words[i: i + n] == words[i + n: i + 2 * n]
+               for n in range(1, max_ngram + 1) for i in range(len(words) - 2 * n + 1))
+
+
+# --- matching free-form answers ------------------------------------------------------------------------------------
+
+MATCH_RULES = ("exact", "contains", "rouge_recall")
+ROUGE_RECALL_THRESHOLD = 0.3  # RULE's paper: an answer is correct when its ROUGE-L recall of the gold is >= 0.3
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` for matching: accents folded (NFKD, combining marks dropped: "São Tomé" -> "sao tome"),
+    lower-cased, every punctuation character a space ("Washington, D.C." -> "washington d c")."""
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return "".join(" " if unicodedata.category(c).startswith("P") else c for c in folded.lower()).split()
+
+
+def contains(output: str, gold: str) -> bool:
+    """R-Tuning's correctness, "gold in output", on whole words: 1[words(gold) occur as a contiguous run in
+    words(output)]. Whole words, because a plain substring test counts "C1" as found in "C15"; punctuation-blind,
+    so "Paris." and "Paris," contain "Paris"."""
+    out, g = words(output), words(gold)
+    return bool(g) and any(out[i:i + len(g)] == g for i in range(len(out) - len(g) + 1))
+
+
+def rouge_l_recall(prediction: str, target: str) -> float:
+    """ROUGE-L recall = LCS(prediction, target) / |target| in tokens (``rouge-score``, stemming on), as
+    open-unlearning reports it."""
+    from rouge_score import rouge_scorer
+
+    return float(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(target, prediction)["rougeL"].recall)
+
+
+def is_correct(prediction: str, golds: Sequence[str], match: str = "exact") -> bool:
+    """Whether ``prediction`` answers with one of ``golds`` (the gold answer and its aliases) under rule ``match``:
+    ``exact`` = any exact_match(prediction, g); ``contains`` = any contains(prediction, g);
+    ``rouge_recall`` = any rouge_l_recall(prediction, g) >= 0.3. An empty prediction is never correct."""
+    if match not in MATCH_RULES:
+        raise ValueError(f"unknown match rule {match!r}; known: {', '.join(MATCH_RULES)}")
+    if not prediction.strip():
+        return False
+    test = {"exact": exact_match, "contains": contains,
+            "rouge_recall": lambda p, g: rouge_l_recall(p, g) >= ROUGE_RECALL_THRESHOLD}[match]
+    return any(test(prediction, g) for g in golds if str(g).strip())
+
+
+# --- refusals: the one matcher of training and evaluation ----------------------------------------------------------
+
+# Free-form hedges a chat model writes instead of an answer (matched on words(), so "don't" and "dont" differ).
+HEDGES = ("i do not know", "i don t know", "i am not sure", "i m not sure", "i am not certain", "i m not certain",
+          "i cannot answer", "i can t answer", "i am unable to", "i m unable to", "i do not have information",
+          "i don t have information", "i have no information", "i cannot provide", "i can t provide")
+
+
+def _pattern(template: str) -> str:
+    """A regex over the space-joined words() of a text: the template's words in order, ``{s}`` one or more words."""
+    head, sep, tail = (" ".join(map(re.escape, words(part))) for part in template.partition("{s}"))
+    return " ".join(p for p in (head, r"(?P<s>\S+(?: \S+)*)" if sep else "", tail) if p)
+
+
+def refusal_subject(text: str, refusals: Sequence[str], full: bool = True) -> str | None:
+    """Who a refusal names: the words of ``text`` that fill ``{s}`` in the first of ``refusals`` (templates, ``{s}``
+    marks the subject; ``""`` for one without ``{s}``) that matches; None when none matches.
+
+    ``full`` (RULE's reward): normalize(text) must be the whole template once ``{s}`` is read as one or more words,
+    punctuation included — a full match, not a search: "I do not know not know" and "I Question: ." are no refusals
+    (partial phrases are how a loose check gets gamed, METHODS.md §2.4). Otherwise (evaluation) the refusal may sit
+    anywhere in the text, on whole words() — case, accents and punctuation ignored — as a chat model writes
+    "Sorry, I don't know that." """
+    if not full:
+        joined = " ".join(words(text))
+        for template in refusals:
+            if words(template.replace("{s}", "")) and (m := re.search(rf"(?:^| ){_pattern(template)}(?: |$)", joined)):
+                return m.groupdict().get("s") or ""
+        return None
     t = normalize(text)
-    for template in templates:
+    for template in refusals:
         head, sep, tail = normalize(template).partition("{s}")
         if not sep:
             if t == head:
@@ -42,12 +132,7 @@ def refusal_subject(text: str, templates: Sequence[str]) -> str | None:
     return None
 
 
-def is_degenerate(text: str, stop: Sequence[str] = (), max_ngram: int = 3) -> bool:
-    """Junk: 1[text is empty, or (with ``stop``) does not end in a stop string — it ran to the token limit — or some
-    run of n <= ``max_ngram`` words is repeated back to back ("know know", "not know not know")]. Words are those of
-    normalize(text)."""
-    words = normalize(text).split()
-    if not words or (stop and not any(text.rstrip().endswith(s.strip()) for s in stop if s.strip())):
-        return True
-    return any(words[i: i + n] == words[i + n: i + 2 * n]
-               for n in range(1, max_ngram + 1) for i in range(len(words) - 2 * n + 1))
+def is_refusal(text: str, refusals: Sequence[str] = (), hedges: Sequence[str] = HEDGES) -> bool:
+    """1[some refusal template (``{s}`` = any words) or hedge phrase occurs in ``text`` on whole words]."""
+    return refusal_subject(text, [*refusals, *hedges], full=False) is not None
+

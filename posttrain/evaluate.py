@@ -19,7 +19,8 @@ from posttrain.data import load_eval_data, split
 from posttrain.errors import UsageError
 from posttrain.evals import flips, forgetting, hallucination, metrics, qa, reasoning, report
 from posttrain.evals.engines import Served, make_engine, vllm_available
-from posttrain.evals.qa import first_rows
+from posttrain.evals.chat import chat_format, render
+from posttrain.evals.common import check_match, first_rows
 from posttrain.progress import bar
 from posttrain.runs import atomic_dir, check_output
 
@@ -46,7 +47,11 @@ def _is_adapter(path: Path) -> bool:
 
 
 def resolve(path: str, adapter: str | None = None, what: str = "model") -> Target:
-    """A model directory, or a LoRA run directory whose base comes from its adapter config, plus ``adapter``."""
+    """A model directory (or an embedded model's name, fetched on first use), or a LoRA run directory whose base
+    comes from its adapter config, plus ``adapter``."""
+    from posttrain.embedded import resolve_name
+
+    path = resolve_name(path)
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{what} not found: {path}")
@@ -119,21 +124,23 @@ def engines_for(kind: str, targets: list[Target], batch_size: int, seed: int, pr
 
 def trained_settings(target: Target) -> dict:
     """What the evaluated run was trained with, from its ``run.json`` (the adapter's run when there is one): the
-    refusal phrases it learned (added to the default phrase), its certainty question and whether it was tuned to
-    answer it (R-Tuning's suffix variant). Empty for a model without a run.json."""
+    refusals it learned, for every method that trains them (IdkSFT, RULE, R-Tuning's refusal variant: its
+    ``refusals``, added to the default phrase), R-Tuning's certainty question and sure / unsure answers, and
+    whether it was tuned to answer them (the suffix variant). Empty for a model without a run.json."""
     path = Path(target.adapter or target.model) / "run.json"
     if not path.is_file():
         return {}
     config = json.loads(path.read_text()).get("config", {})
-    out = {"certainty_suffix": config.get("method") == "rtuning" and config.get("variant") == "suffix"}
-    if config.get("refusals") and config.get("variant") == "refusal":
+    suffix = config.get("method") == "rtuning" and config.get("variant") == "suffix"
+    out = {"certainty_suffix": suffix}
+    if config.get("refusals") and not suffix:
         out["refusals"] = tuple(dict.fromkeys([*metrics.DEFAULT_REFUSALS, *config["refusals"]]))
-    if config.get("sure_question"):
-        out["sure_question"] = config["sure_question"]
+    out.update({k: config[k] for k in ("sure_question", "sure", "unsure") if config.get(k)})
     return out
 
 
 FLAGS = {"refusals": "--refusal", "sure_question": "--sure_question", "certainty_suffix": "--certainty_suffix",
+         "sure": "--sure", "unsure": "--unsure", "match": "--match",
          "retain_logs": "--retain_logs", "n": "--n", "temperature": "--temperature", "max_tokens": "--max_tokens",
          "stop": "--stop", "reference": "--reference"}
 NOT_OPTIONS = ("engine", "dd", "splits", "limit", "verifier")
@@ -155,13 +162,14 @@ def check_options(suites: list[str], given: dict) -> None:
             raise UsageError(f"{FLAGS[key]} must be at least {low}")
 
 
-def suite_config(suite: str, kwargs: dict, splits: list[str]) -> dict:
-    """The suite's version, splits and every setting it ran with (its defaults, then what was passed)."""
+def suite_config(suite: str, kwargs: dict, splits: list[str], chat: dict) -> dict:
+    """The suite's version, splits, how prompts were rendered (``chat``) and every setting it ran with (its
+    defaults, then what was passed)."""
     module, params = SUITES[suite], suite_options(suite)
     resolved = {k: kwargs.get(k, p.default) for k, p in params.items() if k != "reference"}
     generation = {**module.GENERATION, **{k: resolved.pop(k) for k in ("max_tokens", "stop", "n", "temperature")
                                           if k in resolved}}
-    return {"version": module.VERSION, "splits": splits, "generation": generation, "options": resolved}
+    return {"version": module.VERSION, "splits": splits, "generation": generation, **chat, "options": resolved}
 
 
 def higher_is_better(suite: str, result: dict) -> dict[str, bool | None]:
@@ -189,13 +197,16 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
              limit: int | None = None, engine: str = "auto", output: str | None = None, batch_size: int = 128,
              adapter: str | None = None, reference: str | None = None, options: dict | None = None,
              columns: dict[str, str] | None = None, engine_settings: dict | None = None, seed: int = 0,
-             bootstrap_iters: int = 1000, progress: bool = True,
-             overwrite: bool = False) -> tuple[Path, dict, dict]:
+             bootstrap_iters: int = 1000, progress: bool = True, overwrite: bool = False,
+             apply_chat_template: bool | None = None,
+             system_instruction: str | None = None) -> tuple[Path, dict, dict]:
     """Evaluate a model (or LoRA run) on ``suites`` x ``splits`` with one engine; returns the output directory and
     the results and samples per suite (as written there). ``options``: suite options (``FLAGS``), each of which
     some chosen suite must take; the run's ``run.json`` supplies refusals, the certainty question and whether it
-    was tuned with a certainty suffix unless ``options`` give them. An existing output is replaced only with
-    ``overwrite``."""
+    was tuned with a certainty suffix unless ``options`` give them. Prompts go through the model's chat template
+    when its tokenizer has one (``apply_chat_template`` None; ``evals.chat``); answers then end at the end-of-turn
+    token, not at the testbed's stop, and are judged by ``contains`` (the gold or an alias as whole words) unless
+    ``options`` give ``stop`` or ``match``. An existing output is replaced only with ``overwrite``."""
     given = {k: v for k, v in (options or {}).items() if v is not None}
     for suite in suites:
         if suite not in SUITES:
@@ -203,6 +214,8 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     if reference is not None:
         given["reference"] = reference
     check_options(suites, given)
+    if "match" in given:
+        check_match(given["match"])
     if limit is not None and limit < 1:
         raise UsageError("--limit must be at least 1")
     if bootstrap_iters < 0:
@@ -215,7 +228,8 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     elif "flips" in suites:
         raise UsageError("the flips suite needs --reference RUN")
     trained = trained_settings(target)
-    dd = load_eval_data(data, columns)
+    fmt = chat_format(modeling.load_tokenizer(target.model), apply_chat_template, system_instruction)
+    dd = render(load_eval_data(data, columns), fmt)
     chosen = {suite: choose_splits(suite, dd, splits) for suite in suites}
     if "flips" in chosen:  # bad multiple-choice splits: one line before any engine starts or bar is drawn
         flips.check_choices(dd, [s for s in chosen["flips"] if flips.is_multiple_choice(dd[s])])
@@ -227,18 +241,20 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     start = time.time()
     engines = engines_for(engine, [target, *([ref] if ref else [])], batch_size, seed, progress, engine_settings)
     served = Served(engines[target.model], target.adapter)
-    passed = {**trained, **given, "seed": seed, "bootstrap_iters": bootstrap_iters,
+    chat = {"stop": (), "match": "contains"} if fmt.apply else {}
+    passed = {**chat, **trained, **given, "seed": seed, "bootstrap_iters": bootstrap_iters,
               "reference": Served(engines[ref.model], ref.adapter) if ref else None}
     results, samples, configs = {}, {}, {}
     for suite in bar(suites, progress, desc="eval", unit="suite"):
         kwargs = {k: v for k, v in passed.items() if k in suite_options(suite)}
         results[suite], samples[suite] = SUITES[suite].evaluate(served, dd, chosen[suite], limit=limit, **kwargs)
-        configs[suite] = suite_config(suite, kwargs, chosen[suite])
+        configs[suite] = suite_config(suite, kwargs, chosen[suite], fmt.settings())
     config = {"model": target.model, "adapter": target.adapter, "data": data, "columns": columns,
               "suites": list(suites), "splits": chosen, "limit": limit, "engine": served.name,
               "engine_settings": {k: v for k, v in (engine_settings or {}).items() if v is not None},
               "batch_size": batch_size, "reference": reference, "seed": seed, "bootstrap_iters": bootstrap_iters,
               "options": {k: v for k, v in given.items() if k != "reference"}, "trained_with": trained,
+              **fmt.settings(),
               "command": sys.argv, "wall_time_s": round(time.time() - start, 3)}
     better = {suite: higher_is_better(suite, {k: v for r in res.values() for k, v in r.items()})
               for suite, res in results.items()}

@@ -17,7 +17,8 @@ from posttrain.runs import atomic_dir, check_output, write_json
 
 GENERATORS = {"kg": "posttrain.data_gen.kg", "reasoning": "posttrain.data_gen.reasoning",
               "rtuning": "posttrain.data_gen.rtuning", "boundary": "posttrain.data_gen.boundary",
-              "muscle": "posttrain.data_gen.muscle", "multihop": "posttrain.data_gen.multihop"}
+              "muscle": "posttrain.data_gen.muscle", "multihop": "posttrain.data_gen.multihop",
+              "world": "posttrain.data_gen.world"}
 
 
 def generator(name: str):

@@ -15,6 +15,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from posttrain.embedded import resolve_name
 from posttrain.errors import UsageError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
@@ -78,7 +79,9 @@ def scratch_llama(
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
-    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    """``AutoTokenizer.from_pretrained`` (an embedded model's name resolved to its directory); pad defaults to eos."""
+    tok = AutoTokenizer.from_pretrained(resolve_name(name_or_path), trust_remote_code=trust_remote_code,
+                                        revision=revision)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -88,8 +91,10 @@ def load_model(
     name_or_path: str, dtype: str | None = "float32", trust_remote_code: bool = False, revision: str | None = None,
     quantization=None,
 ):
-    """``AutoModelForCausalLM.from_pretrained`` with safetensors only; ``dtype`` is a torch dtype name or "auto";
-    ``quantization``: a bitsandbytes config (QLoRA, CUDA only), the model then placed as TRL places k-bit models."""
+    """``AutoModelForCausalLM.from_pretrained`` with safetensors only (an embedded model's name, such as
+    ``smollm2-135m-instruct``, resolved to its directory, fetched on first use); ``dtype`` is a torch dtype name or
+    "auto"; ``quantization``: a bitsandbytes config (QLoRA, CUDA only), the model then placed as TRL places k-bit
+    models."""
     torch_dtype = dtype if dtype in (None, "auto") else getattr(torch, dtype)
     placement = {}
     if quantization is not None:
@@ -97,8 +102,8 @@ def load_model(
 
         placement = {"quantization_config": quantization, "device_map": get_kbit_device_map()}
     return AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True,
-        **placement,
+        resolve_name(name_or_path), dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision,
+        use_safetensors=True, **placement,
     )
 
 

@@ -89,3 +89,41 @@ def tiny_lora(tiny_run, tiny_kg, tmp_path_factory):
         "--output_dir", str(out), "--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
         "--max_steps", "5", "--learning_rate", "5e-2"])
     return out
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def chat_model_dir(out: Path, seed: int = 0) -> Path:
+    """A tiny random Llama with a byte-level BPE tokenizer (any text encodes) and a ChatML chat template whose
+    end-of-turn token ``<|im_end|>`` is the eos token, as SmolLM2-Instruct's: a stand-in for a hub chat model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+    from posttrain.modeling import scratch_llama
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["What is the capital of France? The capital of France is Paris.", "I am sure. I am unsure.",
+              "I don't know. Which country is Lyon in? Lyon is in France.", "user assistant system"]
+    bpe.train_from_iterator(corpus * 4, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok.chat_template = CHATML
+    model = scratch_llama(tok, hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=128,
+                          max_position_embeddings=256, seed=seed)
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                               bos_token_id=tok.bos_token_id)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory):
+    """A saved tiny chat model directory (``chat_model_dir``)."""
+    return chat_model_dir(tmp_path_factory.mktemp("chat") / "model")

@@ -30,7 +30,7 @@ def test_cut_at_stop_keeps_the_earliest_stop_string():
 def test_refusal_detection_is_configurable():
     assert metrics.is_refusal("Sorry , I do not know about P3 .")
     assert not metrics.is_refusal("C5 .")
-    assert metrics.is_refusal("no idea", phrases=["No idea"])
+    assert metrics.is_refusal("no idea", ["No idea"])
 
 
 def test_accuracy_by_bucket_on_a_hand_made_case():

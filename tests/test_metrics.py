@@ -87,17 +87,21 @@ def test_similarity_flips_on_a_hand_case():
 def test_hallucination_rates_and_confidences():
     items = m.hallucination_items(correct=[1, 0, 0, 0], refused=[0, 0, 1, 1], known=[1, 1, 1, 0])
     out = {k: m.mean(v) for k, v in items.items()}
-    assert out == {"accuracy": 0.25, "refusal_rate": 0.5, "hallucination_rate": 0.25, "laziness": pytest.approx(1 / 3)}
+    assert out == {"accuracy": 0.25, "refusal_rate": 0.5, "empty_rate": 0.0, "hallucination_rate": 0.25,
+                   "laziness": pytest.approx(1 / 3)}
+    # an empty answer is neither right nor a hallucination
+    items = m.hallucination_items(correct=[1, 0, 0, 0], refused=[0, 0, 1, 1], known=[1, 1, 1, 0], empty=[0, 1, 0, 0])
+    assert m.mean(items["hallucination_rate"]) == 0.0 and m.mean(items["empty_rate"]) == 0.25
     assert m.sure_probability(math.log(0.3), math.log(0.1)) == pytest.approx(0.75)
     assert m.geometric_mean_prob([math.log(0.5), math.log(0.125)]) == pytest.approx(0.25)
 
 
-def test_contains_answer_matches_whole_words():
-    assert m.contains_answer("C15 .", "C15")
-    assert m.contains_answer("P3 was born in C15 .", "C15")
-    assert not m.contains_answer("C15 .", "C1")  # a plain substring test would count it
-    assert m.contains_answer("born in New York .", "new york")
-    assert not m.contains_answer("anything .", "")
+def test_contains_matches_whole_words():
+    assert m.contains("C15 .", "C15")
+    assert m.contains("P3 was born in C15 .", "C15")
+    assert not m.contains("C15 .", "C1")  # a plain substring test would count it
+    assert m.contains("born in New York .", "new york")
+    assert not m.contains("anything .", "")
 
 
 def test_answer_entropy_is_scipys_entropy_of_the_answer_counts():

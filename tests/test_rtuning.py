@@ -187,7 +187,7 @@ def test_probe_cli_writes_a_labelled_dataset_of_the_resolved_model(probed, rt_ba
     eng = HFEngine(str(rt_base))
     greedy = [a[0] for a in eng.generate(list(ds["prompt"]), max_tokens=8, stop=(" .",))]
     assert ds["probe_answer"] == greedy
-    assert ds["probe_correct"] == [metrics.contains_answer(a, g) for a, g in zip(greedy, ds["answer"])]
+    assert ds["probe_correct"] == [metrics.contains(a, g) for a, g in zip(greedy, ds["answer"])]
     assert 0 < sum(ds["probe_correct"]) < len(ds)  # the tiny model knows some facts, not all
 
 
@@ -389,7 +389,7 @@ def test_confidences_and_ap_from_hf_and_vllm_equal_a_direct_hf_computation(probe
     prompts = list(ds["prompt"])
     hf = HFEngine(str(rt_base), batch_size=5)  # several padded batches
     answers = [a[0] for a in hf.generate(prompts, max_tokens=8, stop=(" .",))]
-    correct = [metrics.contains_answer(a, g) for a, g in zip(answers, ds["answer"])]
+    correct = [metrics.contains(a, g) for a, g in zip(answers, ds["answer"])]
     assert 0 < sum(correct) < len(correct) and all(a.strip() for a in answers)
     want = _direct_confidences(rt_base, prompts, answers)
     assert len(set(np.round(want["sure"], 3))) > 1  # the probe distinguishes questions

@@ -23,9 +23,11 @@ accepts; the loss is F(N, p̂) · ℓ_CE(gold trace), F detached (F(N, 0) = 1, F
 
 What differs from posttrain's ``SFTTrainer``: ``compute_loss`` (one loss per sequence, averaged over the batch,
 as the authors' code; SFT averages over tokens); the Trainer divides it by the gradient-accumulation steps. The
-loss's p includes the EOS token TRL appends (the model learns to stop). With eval splits, evaluation reports
-``exact_pass@k`` for k in ``eval_pass_at`` (so pass@k can be followed over training, ``eval_strategy: steps``): the
-mean over problems of 1 − (1 − p)^k, p the probability of the gold completion without its EOS — pass@k itself for
+loss's p includes the EOS token TRL appends (the model learns to stop); for conversational rows (chat messages,
+through the tokenizer's chat template as TRL's SFT does it) p is that of the assistant turn's tokens, its
+end-of-turn included. With eval splits, evaluation reports ``exact_pass@k`` for k in ``eval_pass_at`` (so pass@k
+can be followed over training, ``eval_strategy: steps``): the mean over problems of 1 − (1 − p)^k, p the probability
+of the gold completion without its EOS (and what a chat template writes after it) — pass@k itself for
 direct answers, a lower bound for worked solutions (other traces may reach the answer). Logged per step:
 ``dco/logp`` (mean s), ``dco/weight`` (mean F), ``dco/nll``, ``dco/p_hat`` (sampled) and ``mean_token_accuracy``.
 ``n: 1`` is sequence-level CE, the paper's baseline.
@@ -147,8 +149,9 @@ class DCOTrainer(SFTTrainer):
             except (ImportError, AttributeError, ValueError):
                 raise ConfigError(f"verifier {args.verifier!r} is not an importable module:function") from None
         eos = processing_class.eos_token_id if processing_class is not None else None
-        kwargs.setdefault("preprocess_logits_for_metrics",
-                          lambda logits, labels: sequence_logps(logits, labels.masked_fill(labels == eos, -100)))
+        # the gold answer without its end: EOS (a chat template's end-of-turn) and whatever the template puts after it
+        kwargs.setdefault("preprocess_logits_for_metrics", lambda logits, labels: sequence_logps(
+            logits, labels.masked_fill((labels == eos).cumsum(-1) > 0, -100)))
         kwargs.setdefault("compute_metrics", self.exact_pass_at_k)
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          **kwargs)

@@ -9,7 +9,8 @@ subject, as its experts' declines do: ``posttrain.data_gen.kg.REFUSALS``, the de
     L = forget_weight · CE(forget question → refusal) + retain_weight · CE(retain),
 
 each CE the mean token cross-entropy of that half's answers (prompt masked), each forget item paired with a random
-retain item as in ``unlearn.py``. ``posttrain train`` saves the rewritten forget split (with the original answer in
+retain item as in ``unlearn.py``. Conversational rows (TRL's message lists) keep their messages: the refusal becomes
+the assistant turn's content. ``posttrain train`` saves the rewritten forget split (with the original answer in
 ``original_completion``) in the run. What differs from ``UnlearnTrainer``: ``prepare`` and ``compute_loss``; the
 trainer takes only the rewrite. Rejected, because they would silently misapply it: no non-empty refusal, a refusal
 with a placeholder other than ``{s}``, ``{s}`` with a forget item whose ``entity`` is empty, ``retain_weight <= 0``
@@ -32,6 +33,7 @@ from posttrain.data_gen.kg import REFUSALS
 from posttrain.errors import ConfigError
 from posttrain.trainers import Prepared
 from posttrain.trainers import unlearn
+from posttrain.trainers.sft import answer_text, with_answer
 from posttrain.trainers.unlearn import ForgetRetain, UnlearnConfig, UnlearnTrainer, check_retain_weight
 
 __all__ = ["IdkSFTConfig", "IdkSFTTrainer", "build", "prepare"]
@@ -70,7 +72,10 @@ def build(forget: Dataset, args: IdkSFTConfig) -> Dataset:
         if "{s}" in r and not str(entity or "").strip():
             raise ConfigError(f"forget item {i} has no entity for the refusal {r!r}: give the split an 'entity' "
                               "column or use refusals without {s}")
-        completions.append(" " + r.format(s=entity))
+        completions.append(r.format(s=entity))
+    # a plain completion follows its prompt after a space; a chat answer is the assistant turn's whole content
+    completions = [" " + r if isinstance(c, str) else with_answer(c, r)
+                   for r, c in zip(completions, forget["completion"])]
     return Dataset.from_dict({"prompt": list(forget["prompt"]), "completion": completions,
                               ORIGINAL: list(forget["completion"])})
 
@@ -82,7 +87,7 @@ def prepare(data: dict[str, Dataset], args: IdkSFTConfig, model_name: str = "") 
     if "retain" not in checked.train.parts:
         raise ConfigError("IdkSFT needs a retain split (dataset_retain_split)")
     forget = build(data["forget"], args)
-    stats = {**checked.stats, "refusals": len(set(forget["completion"]))}
+    stats = {**checked.stats, "refusals": len(set(map(answer_text, forget["completion"])))}
     return Prepared(ForgetRetain(forget, checked.train.parts["retain"], checked.train.seed), None, stats)
 
 

@@ -15,6 +15,10 @@ and its completion becomes:
 * ``variant: refusal`` (the reference code's ``unknown`` method): certain items unchanged, uncertain ones answered
   with a refusal drawn at random (seeded) from ``refusals``.
 
+Conversational rows (TRL's prompt/completion message lists, for chat models) keep their messages and the chat
+template: the certainty question and its answer follow the answer inside the assistant turn's content ("Paris Are
+you sure ...? I am sure."), and a refusal replaces that content.
+
 The rewrite is the method's data step (``prepare``): ``posttrain train`` saves the rewritten set, with its
 ``certain`` labels, in the run (``RUN/train_data``) and records the certain fraction in ``run.json``. What differs
 from ``SFTTrainer``: only ``__init__``, which takes that prepared set (it rejects one that was not) and checks it.
@@ -37,7 +41,7 @@ from datasets import Dataset
 from posttrain.data import probed_model
 from posttrain.errors import ConfigError
 from posttrain.trainers import Prepared
-from posttrain.trainers.sft import SFTConfig, SFTTrainer, check_max_length
+from posttrain.trainers.sft import SFTConfig, SFTTrainer, answer_text, check_max_length, with_answer
 
 SURE_QUESTION = "Are you sure you accurately answered the question based on your internal knowledge?"
 SURE, UNSURE = "I am sure.", "I am unsure."
@@ -97,11 +101,16 @@ def build(ds: Dataset, args: RTuningConfig) -> Dataset:
     refusals = [r.strip() for r in args.refusals if r.strip()]
     completions = []
     for c, ok in zip(ds["completion"], labels):
+        # a conversational completion keeps its messages: the assistant turn's content is what is rewritten
+        text = answer_text(c)
         if args.variant == "suffix":
             answer = (args.sure if ok else args.unsure).strip()
-            completions.append(f"{c.rstrip()} {args.sure_question.strip()} {answer}")
+            completions.append(with_answer(c, f"{text.rstrip()} {args.sure_question.strip()} {answer}"))
+        elif ok:
+            completions.append(c)
         else:
-            completions.append(c if ok else " " + refusals[int(rng.integers(len(refusals)))])
+            refusal = refusals[int(rng.integers(len(refusals)))]
+            completions.append(" " + refusal if isinstance(c, str) else with_answer(c, refusal))
     return Dataset.from_dict({"prompt": list(ds["prompt"]), "completion": completions, "certain": labels})
 
 

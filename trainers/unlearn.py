@@ -7,7 +7,9 @@
   ``train_data/retain``). A method without a retain split gets forget items only.
 * ``PairedCollator``: the one collator of these methods, ``{"forget": batch, "retain": batch}`` with each batch's
   ``input_ids``, ``attention_mask`` and ``labels`` — prompt + completion + EOS tokenised as TRL's SFT does it, the
-  loss on the completion tokens only (prompt positions and padding are -100).
+  loss on the completion tokens only (prompt positions and padding are -100). Conversational rows (TRL's
+  prompt/completion message lists) go through the tokenizer's chat template as TRL's SFT does it
+  (``sft.tokenize``): the loss on the assistant turn's tokens, its end-of-turn included.
 * ``UnlearnConfig`` / ``UnlearnTrainer``: posttrain's SFT config and trainer (their device-aware precision and
   checkpointing kept) with TRL's dataset preparation switched off, the paired collator, ``nll`` (the mean token
   cross-entropy of one half) and, for methods that set ``uses_reference``, ``self.reference`` (``reference.py``).
@@ -28,6 +30,7 @@ function of the seed, the epoch and the index.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,6 +94,11 @@ class ForgetRetain(torch.utils.data.Dataset):
         return item
 
 
+def row_key(prompt, completion) -> tuple[str, str]:
+    """A prompt/completion pair as something hashable: plain strings as they are, chat messages as JSON."""
+    return tuple(x if isinstance(x, str) else json.dumps(x, sort_keys=True) for x in (prompt, completion))
+
+
 def prepare(data: dict[str, Dataset], args: UnlearnConfig, model_name: str = "") -> Prepared:
     """The forget (and retain) split as a ``ForgetRetain`` set, after checking that pairing them makes sense."""
     forget, retain = (d.select_columns(["prompt", "completion"]) if d is not None else None
@@ -102,8 +110,8 @@ def prepare(data: dict[str, Dataset], args: UnlearnConfig, model_name: str = "")
     if retain is not None:
         if len(retain) == 0:
             raise ConfigError("the retain split is empty")
-        pairs = set(zip(retain["prompt"], retain["completion"]))
-        both = sum((p, c) in pairs for p, c in zip(forget["prompt"], forget["completion"]))
+        pairs = {row_key(p, c) for p, c in zip(retain["prompt"], retain["completion"])}
+        both = sum(row_key(p, c) in pairs for p, c in zip(forget["prompt"], forget["completion"]))
         if both:
             raise ConfigError(f"{both} forget item(s) are also in the retain split: they would be unlearned and "
                               "learned at once")
