@@ -1,6 +1,7 @@
 from collections import deque
 
 import pytest
+from conftest import cli
 from datasets import load_from_disk
 
 from posttrain.errors import UsageError
@@ -282,3 +283,19 @@ def test_multiple_choice_flips_end_to_end(tiny_run, tiny_kg, tmp_path):
     assert r["candidate_exact_match"] == pytest.approx(sum(s["choice"] == i % 4 for i, s in enumerate(mc)) / 8)
     doc = json.loads((out / "results.json").read_text())
     assert doc["results"]["flips/mc"]["agreement"] == 1.0
+
+
+def test_an_lm_eval_style_multiple_choice_split_needs_no_testbed_columns(capsys, tiny_run, tmp_path):
+    import json as _json
+
+    rows = [{"prompt": "Question: Where was P1 born ? Answer:", "choices": [" C1 .", " C2 ."], "gold": 0},
+            {"prompt": "Question: Where was P2 born ? Answer:", "choices": [" C3 .", " C1 .", " C2 ."], "gold": 2}]
+    (tmp_path / "mc.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "e"
+    proc = cli(capsys, "eval", tiny_run, "--data", tmp_path / "mc.jsonl", "--suite", "flips", "--reference", tiny_run,
+               "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    r = _json.loads((out / "results.json").read_text())["results"]["flips/mc"]
+    # the same model on both sides: no flips, full agreement, and no mistake severity without a graph
+    assert r["n"] == 2 and r["negative_flip_rate"] == 0.0 and r["agreement"] == 1.0
+    assert not any(k.startswith("nf_") for k in r)
