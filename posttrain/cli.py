@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                    "p(sure) > 0.5 (hallucination; default: read from run.json, R-Tuning's suffix variant)")
     e.add_argument("--n", type=int, default=None, help="samples per problem for pass@k (reasoning; default 8)")
     e.add_argument("--temperature", type=float, default=None, help="sampling temperature (reasoning; default 0.7)")
+    e.add_argument("--verifier", default=None, metavar="MODULE:FUNCTION", help="function(response, gold completion) "
+                   "-> bool checking each sample (reasoning; default: a DCO run's own, from its run.json, else the "
+                   "answer after 'The answer is')")
     e.add_argument("--max_tokens", type=int, default=None, help="generation length (default: each suite's own)")
     e.add_argument("--stop", action="append", default=None, metavar="TEXT", help="a stop sequence ending each "
                    "answer, kept in it (repeatable; '' for none; default: each suite's, the testbed's ' .')")
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
             options = {"refusals": tuple(args.refusal) if args.refusal else None,
                        "sure_question": args.sure_question, "certainty_suffix": args.certainty_suffix,
-                       "sure": args.sure, "unsure": args.unsure, "match": args.match,
+                       "sure": args.sure, "unsure": args.unsure, "match": args.match, "verifier": args.verifier,
                        "retain_logs": args.retain_logs, "n": args.n, "temperature": args.temperature,
                        "max_tokens": args.max_tokens, "stop": _stop(args.stop)}
             out, results, _ = run_eval(

@@ -126,7 +126,8 @@ def trained_settings(target: Target) -> dict:
     """What the evaluated run was trained with, from its ``run.json`` (the adapter's run when there is one): the
     refusals it learned, for every method that trains them (IdkSFT, RULE, R-Tuning's refusal variant: its
     ``refusals``, added to the default phrase), R-Tuning's certainty question and sure / unsure answers, and
-    whether it was tuned to answer them (the suffix variant). Empty for a model without a run.json."""
+    whether it was tuned to answer them (the suffix variant), and DCO's verifier. Empty for a model without a
+    run.json."""
     path = Path(target.adapter or target.model) / "run.json"
     if not path.is_file():
         return {}
@@ -136,14 +137,16 @@ def trained_settings(target: Target) -> dict:
     if config.get("refusals") and not suffix:
         out["refusals"] = tuple(dict.fromkeys([*metrics.DEFAULT_REFUSALS, *config["refusals"]]))
     out.update({k: config[k] for k in ("sure_question", "sure", "unsure") if config.get(k)})
+    if config.get("method") == "dco" and config.get("verifier"):
+        out["verifier"] = config["verifier"]
     return out
 
 
 FLAGS = {"refusals": "--refusal", "sure_question": "--sure_question", "certainty_suffix": "--certainty_suffix",
-         "sure": "--sure", "unsure": "--unsure", "match": "--match",
+         "sure": "--sure", "unsure": "--unsure", "match": "--match", "verifier": "--verifier",
          "retain_logs": "--retain_logs", "n": "--n", "temperature": "--temperature", "max_tokens": "--max_tokens",
          "stop": "--stop", "reference": "--reference"}
-NOT_OPTIONS = ("engine", "dd", "splits", "limit", "verifier")
+NOT_OPTIONS = ("engine", "dd", "splits", "limit")
 
 
 def suite_options(suite: str) -> dict[str, inspect.Parameter]:
