@@ -42,8 +42,8 @@ def golds(ds) -> list[list[str]]:
 
 
 def judged(answers: list[str], gold: list[list[str]], match: str, refusals) -> dict[str, list[bool]]:
-    """Per answer: ``correct`` (``answers.is_correct`` under ``match``), ``refused`` (the one refusal matcher:
-    ``refusals`` templates plus free-form hedges), ``empty`` (nothing generated: neither right nor a
+    """Per answer: ``correct`` (``answers.is_correct`` under ``match``), ``refused`` (the one refusal matcher over
+    ``refusals``: templates and phrases, by default the testbed's and free-form hedges), ``empty`` (nothing generated: neither right nor a
     hallucination; an instruct model read without its template ends its turn at once)."""
     return {"correct": [metrics.is_correct(a, g, match) for a, g in zip(answers, gold)],
             "refused": [metrics.is_refusal(a, refusals) for a in answers],

@@ -30,8 +30,8 @@ from posttrain.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.evals.common import first_rows, golds, greedy_answers
 
-VERSION = 4  # 4: the match rule and aliases; 3: multiple-choice splits (choices, gold) scored by log-likelihood; 2: stop
-# sequences
+VERSION = 4  # 4: the match rule and aliases; 3: multiple-choice splits (choices, gold) scored by log-likelihood;
+# 2: stop sequences
 GENERATION = {"n": 1, "temperature": 0.0}  # the generative splits' (multiple-choice splits are scored)
 HIGHER_IS_BETTER = {"candidate_exact_match": True, "reference_exact_match": True, "negative_flip_rate": False,
                     "positive_flip_rate": True, "inconsistency_flip_rate": False, "agreement": None,
@@ -185,7 +185,8 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         else:
             ds, answers, ref_answers = answered[s]
             gold, accepted = list(ds["completion"]), golds(ds)
-            cc, rc = ([metrics.is_correct(a, g, match) for a, g in zip(ans, accepted)] for ans in (answers, ref_answers))
+            cc, rc = ([metrics.is_correct(a, g, match) for a, g in zip(ans, accepted)]
+                      for ans in (answers, ref_answers))
             sim = [[metrics.rouge_l_recall(a, g) for a, g in zip(ans, gold)] for ans in (ref_answers, answers)]
             similarity = {f"rouge_{k}": v for k, v in metrics.similarity_flip_items(*sim).items()}
             extra = [{"kind": "generative"}] * len(ds)

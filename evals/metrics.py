@@ -10,7 +10,7 @@ from posttrain.answers import (HEDGES, MATCH_RULES, contains, exact_match, is_co
                                is_refusal, normalize, refusal_subject,
                                rouge_l_recall)  # the suites' metrics: answers.py is where training reads them too
 
-DEFAULT_REFUSALS = ("I do not know",)  # the testbed's; answers.HEDGES cover chat models' free-form ones
+DEFAULT_REFUSALS = ("I do not know", *HEDGES)  # the testbed's phrase and chat models' free-form hedges
 EXPOSURE_BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, None))
 
 
@@ -101,8 +101,8 @@ def hallucination_items(correct: Sequence[bool], refused: Sequence[bool], known:
     laziness = mean(refused | known)                           (refused although the fact is known to the model)."""
     c, r, k = (np.asarray(x, dtype=bool) for x in (correct, refused, known))
     e = np.zeros_like(c) if empty is None else np.asarray(empty, dtype=bool)
-    return {"accuracy": list(c), "refusal_rate": list(r), "empty_rate": list(e), "hallucination_rate": list(~r & ~e & ~c),
-            "laziness": list(r[k])}
+    return {"accuracy": list(c), "refusal_rate": list(r), "empty_rate": list(e),
+            "hallucination_rate": list(~r & ~e & ~c), "laziness": list(r[k])}
 
 
 def average_precision(correct, confidence):

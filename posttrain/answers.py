@@ -132,7 +132,8 @@ def refusal_subject(text: str, refusals: Sequence[str], full: bool = True) -> st
     return None
 
 
-def is_refusal(text: str, refusals: Sequence[str] = (), hedges: Sequence[str] = HEDGES) -> bool:
-    """1[some refusal template (``{s}`` = any words) or hedge phrase occurs in ``text`` on whole words]."""
-    return refusal_subject(text, [*refusals, *hedges], full=False) is not None
+def is_refusal(text: str, refusals: Sequence[str] = HEDGES) -> bool:
+    """1[some refusal template (``{s}`` = any words) or phrase of ``refusals`` occurs in ``text`` on whole words]
+    (default: the free-form hedges)."""
+    return refusal_subject(text, refusals, full=False) is not None
 

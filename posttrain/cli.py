@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", default=None, help="reference (old) model or run for the flips suite")
     e.add_argument("--retain_logs", default=None, help="eval output of a retain-only model (forget quality)")
     e.add_argument("--refusal", action="append", default=None, metavar="PHRASE",
-                   help="a phrase that marks a refusal (repeatable; default: the testbed's 'I do not know' plus the "
+                   help="a phrase or {s} template that marks a refusal anywhere in an answer (repeatable; replaces the "
+                   "default: the testbed's 'I do not know', free-form hedges such as 'I'm not sure', and the "
                    "refusals the run was trained with, from its run.json)")
     e.add_argument("--sure_question", default=None, help="the certainty question before 'I am' (hallucination; "
                    "default: the run's, from its run.json, else the testbed's)")

@@ -8,7 +8,7 @@ import pytest
 from conftest import cli
 from datasets import Dataset, DatasetDict
 
-from posttrain.evals import chat, forgetting, hallucination, qa
+from posttrain.evals import chat, forgetting, hallucination, metrics, qa
 from posttrain.modeling import load_tokenizer
 
 QUESTIONS = [("What is the capital of France?", "Paris", ["Paris"]),
@@ -117,7 +117,7 @@ def test_free_form_refusals_and_multi_word_names(tiny_chat_model):
     dd = DatasetDict({"forget": rows})
     engine = Canned({"Capital of Burkina Faso?": "I'm not certain about Burkina Faso.",
                      "Capital of Mali?": "Sorry, I don't know."})
-    res, _ = forgetting.evaluate(engine, dd, ["forget"], stop=(), refusals=("I'm not certain about {s}.",),
+    res, _ = forgetting.evaluate(engine, dd, ["forget"], stop=(), refusals=("I'm not certain about {s}.", *metrics.DEFAULT_REFUSALS),
                                  match="contains", bootstrap_iters=0)
     assert res["forget"]["refusal_rate"] == 1.0  # a {s} template and a free-form hedge
     assert res["forget"]["named_refusal_rate"] == 0.5  # "Burkina Faso" is named; Mali is not

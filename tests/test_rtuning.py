@@ -353,12 +353,12 @@ def test_suffix_training_makes_p_sure_track_what_the_model_knew(probed, rt_base,
 
 def _direct_confidences(model_dir, prompts, answers):
     """From ``transformers`` alone: greedy generation's per-step max probabilities over the answer span (geometric
-    mean), and the next-token softmax after the certainty probe for the first token of " sure" / " unsure"."""
+    mean, and the smallest), and the next-token softmax after the certainty probe for the first token of " sure" / " unsure"."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    answer, sure = [], []
+    answer, lowest, sure = [], [], []
     with torch.inference_mode():
         for p, a in zip(prompts, answers):
             span = a.strip()
@@ -369,12 +369,13 @@ def _direct_confidences(model_dir, prompts, answers):
             assert tok.decode(gen.sequences[0, enc["input_ids"].shape[1]:]).strip() == span
             max_probs = torch.stack([torch.softmax(s[0].double(), -1).max() for s in gen.logits])
             answer.append(max_probs.log().mean().exp().item())
+            lowest.append(max_probs.min().item())
             text = f"{p} {span} {SURE_QUESTION} I am"
             ids = tok(text)["input_ids"]
             probs = torch.softmax(model(torch.tensor([ids])).logits[0, -1].double(), -1)
             p_sure, p_unsure = (probs[tok(f"{text} {w}")["input_ids"][len(ids)]].item() for w in ("sure", "unsure"))
             sure.append(p_sure / (p_sure + p_unsure))
-    return {"answer": answer, "sure": sure, "mean": [(x + y) / 2 for x, y in zip(answer, sure)]}
+    return {"answer": answer, "answer_min": lowest, "sure": sure, "mean": [(x + y) / 2 for x, y in zip(answer, sure)]}
 
 
 @pytest.mark.slow

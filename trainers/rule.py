@@ -17,10 +17,11 @@ answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as man
 
   where a refusal is a *full* match of one of ``refusals`` (``posttrain.answers.refusal_subject``), "answers" = no
   refusal, none of the evaluation's refusals or hedges anywhere in it (``answers.is_refusal``: "I do not know C5 ."
-  hedges) and not junk, "correctly" = right under ``match`` (default exact: the gold answer, normalised), and a completion that is junk
-  (``answers.is_degenerate``: not ended by a stop string, or words repeated back to back) and no refusal scores
-  ``-junk_penalty``. The paper's reward has no junk term and judges correctness by ROUGE-L recall > 0.3, which on
-  the testbed's one-word answers any answer naming the object passes; the penalty is the prototype's fix for "I do
+  hedges) and not junk, "correctly" = right under ``match`` (default exact: the gold answer, normalised), and a
+  completion that is junk (``answers.is_degenerate``: not ended by a stop string, or words repeated back to back)
+  and no refusal scores ``-junk_penalty``. The paper's reward has no junk term and judges correctness by ROUGE-L
+  recall > 0.3 (``match: rouge_recall``), which on the testbed's one-word answers any answer naming the object
+  passes; the penalty is the prototype's fix for "I do
   not know not know …". Logged per step, as rates over the step's completions of each kind:
   ``rule/forget_{refusal,named,junk}`` and ``rule/boundary_{refusal,correct,junk}``, beside TRL's
   ``frac_reward_zero_std`` (groups whose completions all scored alike: no gradient).
@@ -64,7 +65,7 @@ import torch
 import trl
 from datasets import Dataset
 
-from posttrain.answers import (MATCH_RULES, cut_at_stop, is_correct, is_degenerate, is_refusal, normalize,
+from posttrain.answers import (HEDGES, MATCH_RULES, cut_at_stop, is_correct, is_degenerate, is_refusal, normalize,
                                refusal_subject)
 from posttrain.data_gen.kg import ANSWER_STOP, REFUSALS
 from posttrain.errors import ConfigError
@@ -89,7 +90,7 @@ def judge(completion: str, kind: str, target: str, gold: str, refusals, stop, ju
     refused = subject is not None
     named = refused and subject == normalize(target)
     # a refusal inside an answer ("I do not know C5 .") is no answer: the evaluation's matcher, templates and hedges
-    hedged = refused or is_refusal(text, refusals)
+    hedged = refused or is_refusal(text, [*refusals, *HEDGES])
     junk = not refused and is_degenerate(text, stop)
     correct = kind == "boundary" and not hedged and is_correct(text, [gold], match)
     if junk:
