@@ -1,6 +1,9 @@
 """vLLM against batched HF generation, side by side in one process, in the shapes the evaluators use.
 
     python benchmarks/eval_engines.py [--model runs/demo/base --data runs/demo/data] [--rounds 1]
+    POSTTRAIN_CACHE=/work/cache python benchmarks/eval_engines.py --real [--prompts 256 --samples 8 --pairs 256]
+
+Testbed (the default):
 
 1. tiny: the testbed model, 512 greedy short answers (16 tokens) — the qa / hallucination / forgetting shape;
 2. gen: a random-init ~30M-parameter Llama (hidden 512, 8 layers, vocabulary 4096), 256 prompts x 8 samples x 32
@@ -9,6 +12,21 @@
 plus each engine's start-up. Without --model the testbed is made first (posttrain gen kg + the base recipe, ~4 min
 on 2 cores). Rounds alternate HF and vLLM so that drift hits both; each figure is the best round. Ends with
 `RESULT gen_speedup=<2> tiny_speedup=<1> score_speedup=<3> startup_s=<the first vLLM engine's start-up>`.
+
+Real model (``--real``, or ``--model smollm2-135m-instruct``: an embedded model's name, resolved by
+``posttrain.embedded.resolve_name``; SmolLM2-135M-Instruct, 134.5M parameters, fp32 on CPU), chat-templated world
+capital questions (a one-line system turn, rendered with the tokenizer's ``apply_chat_template``, ~25-30 tokens):
+1. gen: ``--prompts`` questions (default 256) x ``--samples`` (default 8) samples x ``--max-tokens`` (default 16)
+   tokens at temperature 1 — the pass@k / R-Tuning-U shape;
+2. score: log-probs of ``--pairs`` (default 256) given answers ("The capital of X is Y." and the end-of-turn) after
+   their questions — the forgetting / confidence shape;
+plus each engine's start-up (vLLM's includes its import). Before each regime both engines make one small untimed
+call (vLLM's first prompt-log-prob call costs ~15 s once, which a single round would otherwise count); then the
+same alternating rounds and best-of as the testbed. Also prints a few samples and the largest HF-vLLM difference of
+a scored token log-prob (a check that both score the same tokens). Ends with
+`RESULT model=<name> prompts=<N> samples=<n> gen_speedup=<1> score_speedup=<2> startup_s=<vLLM's start-up>`.
+On 2 shared CPU cores the full 256 x 8 does not fit in 15 minutes (HF sampling alone ran past 10 minutes, the cores
+shared with other jobs); ``--prompts 64`` (64 x 8 samples) does.
 """
 
 from __future__ import annotations
@@ -47,6 +65,90 @@ def random_llama(path: Path, tok=None, vocab: int = 4096) -> str:
     return str(path)
 
 
+# 64 countries and their capitals; x 4 question forms = 256 distinct questions
+CAPITALS = (
+    "France:Paris Germany:Berlin Italy:Rome Spain:Madrid Portugal:Lisbon Poland:Warsaw Austria:Vienna "
+    "Hungary:Budapest Greece:Athens Sweden:Stockholm Norway:Oslo Finland:Helsinki Denmark:Copenhagen "
+    "Ireland:Dublin Belgium:Brussels Netherlands:Amsterdam Switzerland:Bern Czechia:Prague Romania:Bucharest "
+    "Bulgaria:Sofia Serbia:Belgrade Croatia:Zagreb Ukraine:Kyiv Russia:Moscow Turkey:Ankara Egypt:Cairo "
+    "Kenya:Nairobi Nigeria:Abuja Ghana:Accra Ethiopia:Addis_Ababa Morocco:Rabat Algeria:Algiers Tunisia:Tunis "
+    "Senegal:Dakar South_Africa:Pretoria Japan:Tokyo China:Beijing India:New_Delhi Pakistan:Islamabad "
+    "Bangladesh:Dhaka Thailand:Bangkok Vietnam:Hanoi Indonesia:Jakarta Philippines:Manila Malaysia:Kuala_Lumpur "
+    "South_Korea:Seoul Iran:Tehran Iraq:Baghdad Saudi_Arabia:Riyadh Israel:Jerusalem Australia:Canberra "
+    "New_Zealand:Wellington Canada:Ottawa United_States:Washington Mexico:Mexico_City Cuba:Havana Brazil:Brasilia "
+    "Argentina:Buenos_Aires Chile:Santiago Peru:Lima Colombia:Bogota Venezuela:Caracas Ecuador:Quito "
+    "Uruguay:Montevideo"
+)
+QUESTION_FORMS = ("What is the capital of {}?", "Name the capital city of {}.", "Which city is the capital of {}?",
+                  "Tell me the capital of {}.")
+
+
+def capital_questions(tok, n: int) -> tuple[list[str], list[str]]:
+    """The first ``n`` chat-templated capital questions (form-major: every country in one form, then the next) and
+    their answers ("The capital of X is Y." closed by the end-of-turn token)."""
+    pairs = [tuple(w.replace("_", " ") for w in item.split(":")) for item in CAPITALS.split()]
+    prompts, answers = [], []
+    for form in QUESTION_FORMS:
+        for country, capital in pairs:
+            messages = [{"role": "system", "content": "Answer in a few words."},
+                        {"role": "user", "content": form.format(country)}]
+            prompts.append(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            answers.append(f"The capital of {country} is {capital}.{tok.eos_token}")
+    if n > len(prompts):
+        raise SystemExit(f"at most {len(prompts)} distinct questions, not {n}")
+    return prompts[:n], answers[:n]
+
+
+def real(args) -> None:
+    from posttrain.embedded import resolve_name
+
+    name = args.model or "smollm2-135m-instruct"
+    path = resolve_name(name)
+    start, engines = {}, {}
+    for eng, cls in (("hf", HFEngine), ("vllm", VLLMEngine)):
+        extra = {"max_model_len": 512} if eng == "vllm" else {}
+        start[eng] = timed(lambda: engines.__setitem__(eng, cls(path, **extra)))
+    tok = engines["hf"].tok
+    prompts, _ = capital_questions(tok, args.prompts)
+    sp, sa = capital_questions(tok, args.pairs)
+    n_params = sum(p.numel() for p in engines["hf"].model.parameters())
+    lens = [len(ids) for ids in tok(prompts)["input_ids"]]
+    print(f"{name}: {n_params / 1e6:.1f}M parameters, dtype HF {engines['hf'].dtype} / vLLM {engines['vllm'].dtype}; "
+          f"{len(prompts)} prompts ({min(lens)}-{max(lens)} tokens) x {args.samples} samples x {args.max_tokens} "
+          f"tokens, {len(sp)} scored pairs; torch threads {torch.get_num_threads()}")
+    print(f"start-up: HF {start['hf']:.1f} s, vLLM {start['vllm']:.1f} s (import and engine set-up)")
+    work_items = {
+        "gen": lambda e: e.generate(prompts, n=args.samples, temperature=1.0, max_tokens=args.max_tokens, seed=0),
+        "score": lambda e: e.score(sp, sa),
+    }
+    warm_items = {  # vLLM's first prompt-log-prob call costs ~15 s once; untimed, as are HF's first calls
+        "gen": lambda e: e.generate(prompts[:4], n=2, temperature=1.0, max_tokens=4, seed=1),
+        "score": lambda e: e.score(sp[:4], sa[:4]),
+    }
+    best, sample = {}, {}
+    for regime, fn in work_items.items():
+        warm = timed(lambda: [warm_items[regime](engines[eng]) for eng in ("hf", "vllm")])
+        print(f"{regime:>5}: warm-up (4 prompts, both engines, untimed) {warm:.1f} s", flush=True)
+        for _ in range(args.rounds):
+            for eng in ("hf", "vllm"):
+                t0 = time.perf_counter()
+                out = fn(engines[eng])
+                t = time.perf_counter() - t0
+                sample[regime, eng] = out
+                best[regime, eng] = min(t, best.get((regime, eng), float("inf")))
+        ratio = best[regime, "hf"] / best[regime, "vllm"]
+        print(f"{regime:>5}: HF {best[regime, 'hf']:7.2f} s  vLLM {best[regime, 'vllm']:7.2f} s  "
+              f"vLLM speed-up {ratio:.2f}x")
+    for eng in ("hf", "vllm"):
+        print(f"  {eng} sample: {sample['gen', eng][0][:3]}")
+    diff = max(abs(a - b) for x, y in zip(sample["score", "hf"], sample["score", "vllm"]) for a, b in zip(x, y))
+    print(f"  score: max |HF - vLLM| token log-prob {diff:.2e}; mean answer log-prob HF "
+          f"{np.mean([sum(x) for x in sample['score', 'hf']]):.2f}")
+    speed = {r: best[r, "hf"] / best[r, "vllm"] for r in work_items}
+    print(f"RESULT model={name} prompts={len(prompts)} samples={args.samples} gen_speedup={speed['gen']:.2f} "
+          f"score_speedup={speed['score']:.2f} startup_s={start['vllm']:.1f}")
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -55,10 +157,20 @@ def timed(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="testbed model (default: train one)")
+    ap.add_argument("--model", default=None, help="testbed model (default: train one), or an embedded model's name "
+                                                  "(smollm2-135m-instruct): the real-model benchmark")
     ap.add_argument("--data", default=None, help="its knowledge-graph data")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--real", action="store_true", help="the real model (smollm2-135m-instruct unless --model)")
+    ap.add_argument("--prompts", type=int, default=256, help="real model: questions to sample")
+    ap.add_argument("--samples", type=int, default=8, help="real model: samples per question")
+    ap.add_argument("--max-tokens", type=int, default=16, help="real model: tokens per sample")
+    ap.add_argument("--pairs", type=int, default=256, help="real model: question/answer pairs to score")
     args = ap.parse_args()
+    from posttrain.embedded import MODELS
+
+    if args.real or args.model in MODELS:
+        return real(args)
     work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
     model, data = (args.model, args.data) if args.model else testbed(work)
     from datasets import load_from_disk
