@@ -25,8 +25,8 @@ call (vLLM's first prompt-log-prob call costs ~15 s once, which a single round w
 same alternating rounds and best-of as the testbed. Also prints a few samples and the largest HF-vLLM difference of
 a scored token log-prob (a check that both score the same tokens). Ends with
 `RESULT model=<name> prompts=<N> samples=<n> gen_speedup=<1> score_speedup=<2> startup_s=<vLLM's start-up>`.
-On 2 shared CPU cores the full 256 x 8 does not fit in 15 minutes (HF sampling alone ran past 10 minutes, the cores
-shared with other jobs); ``--prompts 64`` (64 x 8 samples) does.
+On 2 idle CPU cores the full 256 x 8 takes 4 min 36 s in all (with other jobs on the cores it ran past 10 minutes:
+time it alone).
 """
 
 from __future__ import annotations
