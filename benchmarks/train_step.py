@@ -49,26 +49,9 @@ class StepTimer(TrainerCallback):
 
 
 def batches(tok, ds, batch: int):
-    """Prompt+completion+EOS, loss on the completion only, right-padded: what TRL's SFT collator builds."""
-    out = []
-    for i in range(0, len(ds) - batch + 1, batch):
-        rows = ds[i:i + batch]
-        ids, labels = [], []
-        for p, c in zip(rows["prompt"], rows["completion"]):
-            full = tok(p + c + tok.eos_token)["input_ids"]
-            n = len(tok(p)["input_ids"])
-            ids.append(full)
-            labels.append([-100] * n + full[n:])
-        width = max(map(len, ids))
-        pad = lambda xs, v: torch.tensor([x + [v] * (width - len(x)) for x in xs])  # noqa: E731
-        out.append({"input_ids": pad(ids, tok.pad_token_id), "labels": pad(labels, -100),
-                    "attention_mask": pad([[1] * len(x) for x in ids], 0)})
-    return out
-
-
-def chat_batches(tok, ds, batch: int):
-    """Conversational prompt/completion rows as TRL's SFT tokenises them (``sft.tokenize``: the chat template, loss
-    on the assistant turn), right-padded: what TRL's SFT collator builds."""
+    """Prompt/completion rows as TRL's SFT tokenises them (``sft.tokenize``: prompt + completion + EOS, or for
+    conversational rows the chat template; loss on the completion / assistant turn), right-padded: what TRL's SFT
+    collator builds."""
     out = []
     for i in range(0, len(ds) - batch + 1, batch):
         rows = ds[i:i + batch]
@@ -147,7 +130,7 @@ def real(a) -> None:
     name = a.model or "smollm2-135m-instruct"
     tok = modeling.load_tokenizer(name)
     ds = capital_rows(a.batch * a.steps)
-    data = chat_batches(tok, ds, a.batch)
+    data = batches(tok, ds, a.batch)
     widths = [b["input_ids"].shape[1] for b in data]
     plain, trainer = [], []
     for r in range(a.rounds):

@@ -14,12 +14,13 @@ import torch
 import yaml
 from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import AutoTokenizer
+from trl.data_utils import is_conversational
 
 from posttrain.errors import ConfigError
 from posttrain.train import train
 from posttrain.trainers import get_method
 from posttrain.trainers.rtuning import SURE, SURE_QUESTION, UNSURE
-from posttrain.trainers.sft import conversational, tokenize
+from posttrain.trainers.sft import tokenize
 
 QA = [("What is the capital of France?", "Paris", "France"), ("Which country is Lyon in?", "France", "Lyon"),
       ("What is the capital of Italy?", "Rome", "Italy"), ("Which country is Milan in?", "Italy", "Milan"),
@@ -114,7 +115,7 @@ def _check_saved(run, split, prompts, contents):
     """The run's prepared training set (``RUN/train_data/<split>``): conversational, prompts as given, one assistant
     message per completion with ``contents``."""
     ds = load_from_disk(str(run / "train_data"))[split]
-    assert all(conversational(row) for row in ds)
+    assert all(is_conversational(row) for row in ds)
     assert [list(p) for p in ds["prompt"]] == prompts
     assert [c for c in ds["completion"]] == [[{"role": "assistant", "content": t}] for t in contents]
     return ds
@@ -274,7 +275,7 @@ def test_rule_both_stages_on_chat_rows(tmp_path, tiny_chat_model, chat_data, tok
                         max_completion_length=6, max_steps=1))
     assert (run.parent / "rule-rs" / "run.json").is_file()
     ds = load_from_disk(str(run / "train_data"))["train"]
-    assert all(conversational(row) for row in ds)
+    assert all(is_conversational(row) for row in ds)
     assert [list(p) for p in ds["prompt"]] == _prompts(QA[:3]) + _prompts(QA[3:])
     # GRPO hands the reward messages; the judge reads their content
     assert completions and all(isinstance(c, list) and [m["role"] for m in c] == ["assistant"] for c in completions)

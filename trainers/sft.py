@@ -94,11 +94,6 @@ def prepare(data: dict[str, Dataset], args: SFTConfig, model_name: str = "") -> 
     return Prepared(train=data["train"], eval=data.get("eval"))
 
 
-def conversational(row: dict) -> bool:
-    """1[``row``'s prompt/completion are chat messages (TRL's conversational format)]: ``trl.data_utils``' test."""
-    return is_conversational(row)
-
-
 def check_chat_template(tokenizer, *datasets) -> None:
     """Conversational rows need a tokenizer with a chat template: reject them in one line otherwise. ``datasets``:
     those to check (``None``s and empty ones skipped; a dict of them is checked value by value)."""
@@ -106,7 +101,7 @@ def check_chat_template(tokenizer, *datasets) -> None:
         return
     for ds in datasets:
         for part in (ds.values() if isinstance(ds, dict) else [ds]):
-            if part is not None and len(part) and conversational(part[0]):
+            if part is not None and len(part) and is_conversational(part[0]):
                 name = getattr(tokenizer, "name_or_path", "") or "the model"
                 raise ConfigError(f"the data is conversational (prompt/completion as chat messages) but the tokenizer "
                                   f"of {name} has no chat template: use a chat model, or plain-text prompt/completion")
