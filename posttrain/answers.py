@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from functools import lru_cache
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -97,10 +98,16 @@ HEDGES = ("i do not know", "i don t know", "i am not sure", "i m not sure", "i a
           "i don t have information", "i have no information", "i cannot provide", "i can t provide")
 
 
-def _pattern(template: str) -> str:
-    """A regex over the space-joined words() of a text: the template's words in order, ``{s}`` one or more words."""
+@lru_cache(maxsize=1024)
+def _pattern(template: str) -> re.Pattern | None:
+    """A regex searched in the space-joined words() of a text: the template's words in order, on whole words,
+    ``{s}`` one or more words; None for a template without words. Cached: every answer is tested against the same
+    few templates."""
     head, sep, tail = (" ".join(map(re.escape, words(part))) for part in template.partition("{s}"))
-    return " ".join(p for p in (head, r"(?P<s>\S+(?: \S+)*)" if sep else "", tail) if p)
+    if not head and not tail:
+        return None
+    body = " ".join(p for p in (head, r"(?P<s>\S+(?: \S+)*)" if sep else "", tail) if p)
+    return re.compile(rf"(?:^| ){body}(?: |$)")
 
 
 def refusal_subject(text: str, refusals: Sequence[str], full: bool = True) -> str | None:
@@ -115,7 +122,7 @@ def refusal_subject(text: str, refusals: Sequence[str], full: bool = True) -> st
     if not full:
         joined = " ".join(words(text))
         for template in refusals:
-            if words(template.replace("{s}", "")) and (m := re.search(rf"(?:^| ){_pattern(template)}(?: |$)", joined)):
+            if (pattern := _pattern(template)) is not None and (m := pattern.search(joined)):
                 return m.groupdict().get("s") or ""
         return None
     t = normalize(text)
