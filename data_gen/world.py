@@ -25,7 +25,8 @@ never appear in ``train``. Splits, all deterministic by ``seed``:
   that must still be answered; ``retain`` = the same for ``n_retain`` of the ``country_pool`` most populous countries
   that are no target, boundary country or border neighbour of a target.
 
-Columns of every split: ``prompt``, ``completion`` (TRL's conversational messages, or ``format text``'s
+Columns of every split: ``prompt``, ``completion`` (TRL's conversational messages, after a ``system`` turn when one is
+given, or ``format text``'s
 "Question: {question} Answer:" and " {answer}"), ``question``, ``answer``, ``aliases`` (accepted answers, ``answer``
 first), ``entity``, ``entity_type`` (country or city), ``relation``, ``phrasing``, ``heldout``, ``popularity``,
 ``fact_id`` ("capital:FR:0": relation, ISO code or GeoNames id, phrasing), ``paraphrased_answer`` (the answer as a
@@ -152,6 +153,9 @@ class Config:
     seed: int = field(default=0, metadata={"help": "names every draw: entities, phrasings, perturbed answers"})
     format: str = field(default="conversational", metadata={
         "help": "conversational (prompt/completion as chat messages, TRL's format) or text ('Question: q Answer:')"})
+    system: str = field(default="", metadata={
+        "help": "a system turn first in every conversational prompt (a chat model's own default turn otherwise); "
+                "short prompts train faster"})
     train_relations: str = field(default="capital,city_country", metadata={
         "help": "comma-separated relations of the R-Tuning train and test splits"})
     ood_relations: str = field(default="continent,currency,language,border", metadata={
@@ -173,6 +177,8 @@ class Config:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.system and self.format == "text":
+            raise ValueError("system: a text prompt has no system turn; use format conversational")
         train, ood = _relations(self.train_relations), _relations(self.ood_relations)
         unknown = [r for r in train + ood if r not in PHRASINGS]
         if unknown:
@@ -376,7 +382,8 @@ def _row(cfg: Config, fact: dict, t: int, neighbour_of: str = "", shared: str = 
     if cfg.format == "text":
         prompt, completion = qa_prompt(question), " " + answer
     else:
-        prompt, completion = [{"role": "user", "content": question}], [{"role": "assistant", "content": answer}]
+        system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+        prompt, completion = [*system, {"role": "user", "content": question}], [{"role": "assistant", "content": answer}]
     perturbed = [lead + p for p in _perturbed(cfg.seed, cfg.n_perturbed, fact["relation"], fact["key"],
                                               (*fact["aliases"], fact["entity"]))]
     return {"prompt": prompt, "completion": completion, "question": question, "answer": answer,

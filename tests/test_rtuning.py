@@ -298,6 +298,22 @@ def test_rtuning_rejects_with_one_line_and_no_run_dir(capsys, probed, rt_base, o
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_labels_probed_on_an_embedded_model_by_path_fit_it_named(monkeypatch, tmp_path):
+    """`posttrain probe smollm2-135m-instruct` records the model's directory; training it by name is the same model."""
+    from posttrain import embedded
+
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path))
+    name = "smollm2-135m-instruct"
+    model = embedded.model_dir(name)
+    model.mkdir(parents=True)
+    (model / embedded.INFO).write_text("{}")  # a fetched model: nothing is downloaded
+    ds = _probed([True, False])
+    ds.info.description = json.dumps({"probe": {"model": str(model)}})
+    assert prepare({"train": ds}, _config(tmp_path), name).stats["certain"] == 1
+    with pytest.raises(ValueError, match="probed on"):
+        prepare({"train": ds}, _config(tmp_path), str(tmp_path))
+
+
 def test_prepare_checks_the_columns_and_the_trainer_the_rewrite_and_max_length(probed, rt_base, tmp_path):
     from posttrain import modeling
 

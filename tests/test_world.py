@@ -107,11 +107,15 @@ def test_conversational_and_text_rows():
     for r in text:
         assert r["prompt"] == f"Question: {r['question']} Answer:" and r["completion"] == " " + r["answer"]
         assert r["paraphrased_answer"] == " " + r["answer"] and all(p.startswith(" ") for p in r["perturbed_answers"])
+    system = small(system="Answer briefly.")["test"]
+    assert system["question"] == conv["question"]
+    assert all(r["prompt"] == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": r["question"]}]
+               for r in system)
 
 
 def test_bad_config_is_a_value_error():
     for kw in ({"format": "chat"}, {"train_relations": "capital,moons"}, {"ood_relations": "capital"},
-               {"n_perturbed": 9}, {"n_targets": 50}):
+               {"n_perturbed": 9}, {"n_targets": 50}, {"format": "text", "system": "Be brief."}):
         with pytest.raises(ValueError):
             world.Config(**kw)
 

@@ -39,6 +39,7 @@ import numpy as np
 from datasets import Dataset
 
 from posttrain.data import probed_model
+from posttrain.embedded import resolve_name
 from posttrain.errors import ConfigError
 from posttrain.trainers import Prepared
 from posttrain.trainers.sft import SFTConfig, SFTTrainer, answer_text, check_max_length, with_answer
@@ -115,7 +116,8 @@ def build(ds: Dataset, args: RTuningConfig) -> Dataset:
 
 
 def _same_model(a: str, b: str) -> bool:
-    pa, pb = Path(a), Path(b)
+    """Whether two model names or paths name one model (an embedded model's name is its directory)."""
+    pa, pb = Path(resolve_name(a)), Path(resolve_name(b))
     return pa.resolve() == pb.resolve() if pa.exists() and pb.exists() else a == b
 
 
