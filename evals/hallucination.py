@@ -24,8 +24,9 @@ from posttrain.data_gen.kg import ANSWER_STOP, SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import metrics
 from posttrain.evals.common import FREQUENT, golds, greedy_answers, judged
 
-VERSION = 3  # 3: the match rule, aliases, empty answers apart (never hallucinations), sure/unsure words, answer_min,
-# by_popularity; 2: answers cut at stop sequences; answered = not refused unless the model has a certainty suffix
+VERSION = 4  # 4: a suffix-tuned model's answer ends before the certainty question it goes on to ask; 3: the match
+# rule, aliases, empty answers apart (never hallucinations), sure/unsure words, answer_min, by_popularity; 2: answers
+# cut at stop sequences; answered = not refused unless the model has a certainty suffix
 GENERATION = {"n": 1, "temperature": 0.0}
 COLUMNS = ("prompt", "completion")
 CONFIDENCES = ("answer", "answer_min", "sure", "mean")
@@ -48,6 +49,19 @@ def certainty_words(sure: str, unsure: str) -> tuple[str, str, str]:
 def after(prompt: str, text: str) -> str:
     """``text`` continuing ``prompt``: after a space, unless the prompt ends with whitespace (a chat turn)."""
     return prompt + text if prompt[-1:].isspace() else f"{prompt} {text}"
+
+
+def question_lead(sure_question: str) -> str:
+    """The certainty question's first three words ("Are you sure"): where a suffix-tuned model's answer ends."""
+    return " ".join(sure_question.split()[:3])
+
+
+def before_question(answer: str, sure_question: str) -> str:
+    """The answer a suffix-tuned model gave before it went on to ask itself the certainty question: ``answer`` cut
+    where ``question_lead`` begins, else unchanged. "Paris Are you sure you accurately ...? I am sure." -> "Paris"."""
+    lead = question_lead(sure_question)
+    i = answer.find(lead) if lead else -1
+    return answer[:i].rstrip() if i >= 0 else answer
 
 
 def confidences(engine, prompts: list[str], answers: list[str], sure_question: str = SURE_QUESTION,
@@ -97,11 +111,17 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
     """Metrics per split and, for several splits, over all of them pooled (``all``: the AP that matters when known
     and unknown questions are mixed, as in R-Tuning's test sets). One generate and one score call for all splits.
     ``certainty_suffix``: the model was tuned to answer the certainty question (R-Tuning's suffix variant), so an
-    answer counts as given only when p(sure) > 0.5; ``match``: how an answer is judged right against the
-    completion, ``answer`` and ``aliases``; ``seed`` seeds the bootstrap."""
+    answer counts as given only when p(sure) > 0.5, and a generation that goes on into the question is cut before
+    it (``before_question``: a chat model's turn ends after "I am sure.", not at a stop); ``match``: how an answer
+    is judged right against the completion, ``answer`` and ``aliases``; ``seed`` seeds the bootstrap."""
     results, samples = {}, []
     stats = {"certainty_suffix": certainty_suffix, "bootstrap_iters": bootstrap_iters, "seed": seed}
-    answered = greedy_answers(engine, dd, splits, limit, max_tokens, stop)
+    # a suffix-tuned model's generation stops where its certainty question starts: the answer before it is judged
+    answered = greedy_answers(engine, dd, splits, limit, max_tokens,
+                              (*stop, question_lead(sure_question)) if certainty_suffix else stop)
+    if certainty_suffix:
+        answered = {s: (ds, [before_question(a, sure_question) for a in answers]) for s, (ds, answers) in
+                    answered.items()}
     every = confidences(engine, [p for ds, _ in answered.values() for p in ds["prompt"]],
                         [a for _, answers in answered.values() for a in answers], sure_question, sure, unsure)
     keys = ("correct", "refused", "empty", "known", "popularity")

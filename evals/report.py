@@ -140,15 +140,20 @@ def reliability_diagram(path: Path, bins_by_line: dict[str, list[dict]]) -> None
     _plot(path, draw, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="reliability")
 
 
-def knowledge_curve(path: Path, curves: dict[str, list[dict]]) -> None:
-    """Accuracy per popularity decile with its standard error, one line per split (or run)."""
+def decile_curve(path: Path, curves: dict[str, list[dict]], ylabel: str, title: str) -> None:
+    """A rate per popularity decile with its standard error (``accuracy_by_decile``'s points: the rate under
+    ``accuracy``), one line per split (or run)."""
     def draw(ax):
         for name, bins in curves.items():
             ax.errorbar([b["decile"] for b in bins], [b["accuracy"] for b in bins],
                         yerr=[b["stderr"] for b in bins], marker="o", capsize=3, label=name)
 
-    _plot(path, draw, xlabel="popularity decile (1 = least populous)", ylabel="accuracy", ylim=(0, 1),
-          title="knowledge by popularity")
+    _plot(path, draw, xlabel="popularity decile (1 = least populous)", ylabel=ylabel, ylim=(0, 1), title=title)
+
+
+def knowledge_curve(path: Path, curves: dict[str, list[dict]]) -> None:
+    """Accuracy per popularity decile with its standard error, one line per split (or run)."""
+    decile_curve(path, curves, "accuracy", "knowledge by popularity")
 
 
 def pass_at_k_curve(path: Path, curves: dict[str, dict[int, float]]) -> None:

@@ -9,6 +9,7 @@ from conftest import cli
 from datasets import Dataset, DatasetDict
 
 from posttrain.evals import chat, forgetting, hallucination, metrics, qa
+from posttrain.data_gen.kg import SURE_QUESTION
 from posttrain.modeling import load_tokenizer
 
 QUESTIONS = [("What is the capital of France?", "Paris", ["Paris"]),
@@ -140,3 +141,23 @@ def test_the_runs_refusals_and_certainty_words_reach_evaluation(tmp_path):
     assert got["certainty_suffix"] and (got["sure"], got["unsure"]) == ("Yes.", "No.") and "refusals" not in got
     assert hallucination.certainty_words("I am sure.", "I am unsure.") == ("I am", "sure", "unsure")
     assert hallucination.certainty_words("Yes.", "No.") == ("", "Yes", "No")
+
+
+def test_a_suffix_tuned_answer_is_judged_and_scored_without_the_certainty_question(tiny_chat_model):
+    """A chat model tuned with the suffix goes on, in its turn, to ask and answer the certainty question: the answer
+    is what comes before it, and p(sure) is asked after that answer once, not after the question twice."""
+    dd = rendered(tiny_chat_model)
+    prompts = dd["test"]["prompt"]
+    tail = f" {SURE_QUESTION} I am unsure."
+    engine = Canned(dict(zip(prompts, ["Paris" + tail, "Washington" + tail[:30], "Lyon"])))
+    scored = []
+    engine.score = lambda ps, cs: scored.extend(zip(ps, cs)) or [[-0.1]] * len(ps)
+    res, samples = hallucination.evaluate(engine, dd, ["test"], stop=(), match="contains", certainty_suffix=True,
+                                          bootstrap_iters=0)
+    assert [s["response"] for s in samples] == ["Paris", "Washington", "Lyon"]
+    assert [s["exact_match"] for s in samples] == [True, True, False]
+    assert all(c.count(SURE_QUESTION) <= 1 and p.count(SURE_QUESTION) <= 1 for p, c in scored)
+    assert {p for p, _ in scored[3:]} == {hallucination.after(p, a) + f" {SURE_QUESTION} I am"
+                                          for p, a in zip(prompts, ["Paris", "Washington", "Lyon"])}
+    without = hallucination.evaluate(engine, dd, ["test"], stop=(), match="contains", bootstrap_iters=0)[1]
+    assert without[0]["response"] == "Paris" + tail  # only a suffix-tuned model's answer is cut
