@@ -57,6 +57,6 @@ def test_eval_runs_several_suites_with_one_engine(capsys, tiny_run, tiny_kg, tmp
     assert res["higher_is_better"]["hallucination"]["hallucination_rate"] is False
     assert res["higher_is_better"]["qa"]["exact_match"] is True
     assert res["configs"]["qa"]["generation"] == {"n": 1, "temperature": 0.0, "max_tokens": 24, "stop": [" ."]}
-    assert res["versions"] == {"qa": 3, "hallucination": 3}
+    assert res["versions"] == {"qa": 3, "hallucination": 4}
     assert res["configs"]["hallucination"]["options"]["bootstrap_iters"] == 1000
     assert " ± " in proc.stdout and " ± " in (out / "report.md").read_text()
