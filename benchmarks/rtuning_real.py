@@ -80,7 +80,8 @@ def scores(samples: list[dict], base_correct: list[bool], suffix: bool, bootstra
                                                      iters=bootstrap_iters)
     for c in ("answer", "sure"):
         out[f"ece_{c}"] = metrics.expected_calibration_error(correct, conf[c])
-        out[f"reliability_{c}"] = metrics.reliability_bins(correct, conf[c])
+        out[f"confidence_{c}"] = conf[c].tolist()  # for the seed-pooled reliability diagram
+    out["correct"] = correct.tolist()
     if "popularity" in samples[0]:
         deciles = metrics.accuracy_by_decile([s["popularity"] for s in samples], abstain)
         out["abstain_by_decile"] = [d["accuracy"] for d in deciles]
@@ -126,12 +127,10 @@ def run_seed(seed: int, root: Path, model: str, engine: str, gen_args: list[str]
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error (sample std / sqrt(n)) over the seeds where the value is defined."""
+    """Mean and standard error (``metrics.stderr``) over the seeds where the value is defined."""
     v = np.array(values, dtype=float)
     v = v[~np.isnan(v)]
-    if not len(v):
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return (float(v.mean()), metrics.stderr(v)) if len(v) else (float("nan"), float("nan"))
 
 
 def fmt(mean: float, se: float) -> str:
@@ -144,21 +143,16 @@ def plots(per_seed: dict, names: list[str], out: Path) -> None:
     curves = {}
     for n in names:
         rates = np.array([per_seed[s][n]["test"]["abstain_by_decile"] for s in per_seed], dtype=float)
-        se = rates.std(0, ddof=1) / np.sqrt(len(rates)) if len(rates) > 1 else np.zeros(rates.shape[1])
-        curves[n] = [{"decile": i + 1, "accuracy": m, "stderr": e} for i, (m, e) in enumerate(zip(rates.mean(0), se))]
+        curves[n] = [{"decile": i + 1, "accuracy": col.mean(), "stderr": metrics.stderr(col)}
+                     for i, col in enumerate(rates.T)]
     report.decile_curve(out / "abstention_by_popularity.png", curves, ylabel="abstention rate",
                         title="in-domain abstention by popularity")
     lines = {}
     for n in names:
         c = "sure" if METHODS.get(n, (None, None, False))[2] else "answer"
-        bins = [b for s in per_seed for b in per_seed[s][n]["test"][f"reliability_{c}"]]
-        merged = {}
-        for b in bins:
-            m = merged.setdefault(b["lo"], {"n": 0, "acc": 0.0, "conf": 0.0})
-            m["n"], m["acc"], m["conf"] = m["n"] + b["n"], m["acc"] + b["accuracy"] * b["n"], \
-                m["conf"] + b["confidence"] * b["n"]
-        lines[f"{n} ({c})"] = [{"accuracy": m["acc"] / m["n"], "confidence": m["conf"] / m["n"]}
-                              for _, m in sorted(merged.items())]
+        pooled = [per_seed[s][n]["test"] for s in per_seed]
+        lines[f"{n} ({c})"] = metrics.reliability_bins([x for r in pooled for x in r["correct"]],
+                                                       [x for r in pooled for x in r[f"confidence_{c}"]])
     report.reliability_diagram(out / "reliability_real.png", lines)
 
 

@@ -383,7 +383,8 @@ def _row(cfg: Config, fact: dict, t: int, neighbour_of: str = "", shared: str = 
         prompt, completion = qa_prompt(question), " " + answer
     else:
         system = [{"role": "system", "content": cfg.system}] if cfg.system else []
-        prompt, completion = [*system, {"role": "user", "content": question}], [{"role": "assistant", "content": answer}]
+        prompt = [*system, {"role": "user", "content": question}]
+        completion = [{"role": "assistant", "content": answer}]
     perturbed = [lead + p for p in _perturbed(cfg.seed, cfg.n_perturbed, fact["relation"], fact["key"],
                                               (*fact["aliases"], fact["entity"]))]
     return {"prompt": prompt, "completion": completion, "question": question, "answer": answer,
