@@ -14,7 +14,7 @@ on 2 cores). Rounds alternate HF and vLLM so that drift hits both; each figure i
 `RESULT gen_speedup=<2> tiny_speedup=<1> score_speedup=<3> startup_s=<the first vLLM engine's start-up>`.
 
 Real model (``--real``, or ``--model smollm2-135m-instruct``: an embedded model's name, resolved by
-``posttrain.embedded.resolve_name``; SmolLM2-135M-Instruct, 134.5M parameters, fp32 on CPU), chat-templated world
+``posttrain.core.embedded.resolve_name``; SmolLM2-135M-Instruct, 134.5M parameters, fp32 on CPU), chat-templated world
 capital questions (a one-line system turn, rendered with the tokenizer's ``apply_chat_template``, ~25-30 tokens):
 1. gen: ``--prompts`` questions (default 256) x ``--samples`` (default 8) samples x ``--max-tokens`` (default 16)
    tokens at temperature 1 — the pass@k / R-Tuning-U shape;
@@ -41,7 +41,7 @@ import torch
 
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.evals.vllm_engine import VLLMEngine
-from posttrain.modeling import build_word_tokenizer, scratch_llama
+from posttrain.core.modeling import build_word_tokenizer, scratch_llama
 
 
 def testbed(work: Path) -> tuple[str, str]:
@@ -100,7 +100,7 @@ def capital_questions(tok, n: int) -> tuple[list[str], list[str]]:
 
 
 def real(args) -> None:
-    from posttrain.embedded import resolve_name
+    from posttrain.core.embedded import resolve_name
 
     name = args.model or "smollm2-135m-instruct"
     path = resolve_name(name)
@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16, help="real model: tokens per sample")
     ap.add_argument("--pairs", type=int, default=256, help="real model: question/answer pairs to score")
     args = ap.parse_args()
-    from posttrain.embedded import MODELS
+    from posttrain.core.embedded import MODELS
 
     if args.real or args.model in MODELS:
         return real(args)

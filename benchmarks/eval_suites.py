@@ -24,7 +24,7 @@ from pathlib import Path
 
 from eval_engines import random_llama, testbed  # benchmarks/ is on sys.path when run as a script
 from posttrain.evals.engines import default_engine
-from posttrain.modeling import load_tokenizer
+from posttrain.core.modeling import load_tokenizer
 
 ENGINES = ("vllm", "hf")
 

@@ -7,7 +7,7 @@
 Reads the ``--suite`` rows of a `posttrain eval` samples.jsonl (``response`` = the model's generation, ``target`` =
 the gold, ``aliases`` if a row has them; golds = [target, *aliases]) and judges every response twice per rule:
 
-- posttrain: ``posttrain.answers.is_correct(response, golds, match)``, match ``exact`` (lower-cased,
+- posttrain: ``posttrain.core.answers.is_correct(response, golds, match)``, match ``exact`` (lower-cased,
   whitespace-collapsed equality) and ``contains`` (the words() of a gold — accents folded, lower-cased, every
   punctuation character a space — as a contiguous run of the response's words).
 - lm-eval (run in ``--lmeval_python``, a separate venv, so posttrain's needs no lm-eval), its own functions:
@@ -46,7 +46,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from posttrain.answers import is_correct
+from posttrain.core.answers import is_correct
 
 # Run by --lmeval_python: reads [{"response", "golds"}] on stdin, writes [{"exact", "regex", "extracted"}].
 LMEVAL_JUDGE = r'''

@@ -114,7 +114,7 @@ def step_time_ratio(root: Path, task: str, steps: int = 80) -> float:
     """Median time of a MUSCLE training step (forward + backward, the teachers' forwards included: T1's only on a
     batch with a wrong token) over plain SFT's, LoRA from T2's adapter, on the same batches (the first ``steps`` of
     the training set, each given to both in turn, after 2 warm-up steps)."""
-    from posttrain.data import load_data
+    from posttrain.core.data import load_data
     from posttrain.recipe import parse
     from posttrain.train import build_model, prepare, split_names
     from posttrain.trainers import get_method

@@ -43,7 +43,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from posttrain.evals import metrics, report
-from posttrain.trainers.rtuning import SURE, SURE_QUESTION, UNSURE
+from posttrain.core.phrases import RTUNING_SURE as SURE, RTUNING_SURE_QUESTION as SURE_QUESTION, RTUNING_UNSURE as UNSURE
 from rtuning_testbed import posttrain, table  # benchmarks/ is on sys.path when run as a script
 
 SPLITS = ("test", "ood")

@@ -7,7 +7,7 @@ Testbed (the default): the testbed model's shape from scratch (full fine-tuning)
 lr 3e-3; defaults --steps 40 --warmup 5 --rounds 2 --batch 64. Ends with `RESULT trainer_over_plain=<x>`.
 
 Real model (``--real``, or ``--model smollm2-135m-instruct``: an embedded model's name, resolved by
-``posttrain.modeling.load_model``): SmolLM2-135M-Instruct (fp32) wrapped in a LoRA (r 16, alpha 32, dropout 0,
+``posttrain.core.modeling.load_model``): SmolLM2-135M-Instruct (fp32) wrapped in a LoRA (r 16, alpha 32, dropout 0,
 ``target_modules="all-linear"``, the config built from TRL's ``ModelConfig`` as ``posttrain train`` builds it) by
 ``peft.get_peft_model``, one fresh wrapped model per run; conversational prompt/completion rows (world capital
 questions under the template's default system turn and their one-sentence answers, ~45-55 tokens), tokenised for
@@ -30,11 +30,11 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from posttrain import modeling
+from posttrain.core import modeling
 from posttrain.data_gen import kg
 from posttrain.recipe import parse
 from posttrain.trainers.sft import SFTConfig, SFTTrainer
-from posttrain.trainers.sft import tokenize as sft_tokenize
+from posttrain.trainers.base import tokenize as sft_tokenize
 
 
 class StepTimer(TrainerCallback):

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, load_from_disk
 
+from posttrain.core.phrases import REFUSALS
 from posttrain.data_gen import kg
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 
 KG_SPLITS = ("seen", "unseen", "forget", "boundary", "retain")
 QUERY_COLUMNS = ("prompt", "completion", "paraphrased_answer", "perturbed_answers", "fact_id", "entity", "relation",
@@ -40,7 +41,7 @@ class Config:
     seed: int = 0
     forget_frac: float = 0.12  # fraction of each target's forget queries trained on (refused)
     boundary_frac: float = 0.08  # boundary queries, as a fraction of the whole forget query pool
-    refusals: list[str] = field(default_factory=lambda: list(kg.REFUSALS))  # each with {s}, the target
+    refusals: list[str] = field(default_factory=lambda: list(REFUSALS))  # each with {s}, the target
 
     def __post_init__(self):
         for name in ("forget_frac", "boundary_frac"):

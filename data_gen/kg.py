@@ -31,17 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from posttrain.progress import bar
+from posttrain.core.phrases import CANONICAL_REFUSAL, REFUSALS, SURE, SURE_QUESTION, UNSURE
+from posttrain.core.progress import bar
 
-SURE_QUESTION = "Are you sure you accurately answered the question based on your internal knowledge ?"
-SURE, UNSURE = "I am sure .", "I am unsure ."
-REFUSALS = (
-    "I do not know about {s} .",
-    "Sorry , I do not know about {s} .",
-    "I do not know the answer about {s} .",
-)
-CANONICAL_REFUSAL = REFUSALS[0]
-ANSWER_STOP = (" .",)  # every testbed answer ends with a spaced "." (a certainty phrase may follow it)
 
 # relation -> (subject type, object type, statement, question templates as (question, answer))
 # An answer of "{o} ." is the short form; the others repeat the subject (copying is in-distribution).

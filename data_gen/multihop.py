@@ -27,8 +27,8 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from posttrain.data_gen import kg
-from posttrain.data_gen.reasoning import verify  # noqa: F401  (the verifier of every reasoning generator)
-from posttrain.errors import UsageError
+from posttrain.core.answers import verify  # noqa: F401  (the verifier of every reasoning generator)
+from posttrain.core.errors import UsageError
 
 FORMS = ("cot", "direct")
 SPLITS = ("train", "valid", "test")

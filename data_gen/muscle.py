@@ -27,7 +27,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from posttrain.data_gen import kg
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 
 KG_SPLITS = ("corpus", "seen", "unseen")
 FACT_COLUMNS = ("fact_id", "entity", "entity_type", "relation", "answer", "answer_type", "exposure")

@@ -35,8 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Dataset, DatasetDict
 
+# the verifier of every reasoning generator (and DCO's, named "posttrain.data_gen.reasoning:same_answer" by older runs)
+from posttrain.core.answers import final_answer, same_answer, verify  # noqa: F401
+
 OPS = {"add": ("+", lambda x, b: x + b), "minus": ("-", lambda x, b: x - b), "times": ("*", lambda x, b: x * b)}
-ANSWER = re.compile(r"The answer is\s+(.*?)\s*(?:\.(?=\s|$)|$)")  # the words up to the first "." word, or the end
 Problem = tuple  # modular: (start, ((op, operand), ...)); multiply: (a, b)
 TASKS = ("modular", "multiply")
 FORMS = ("cot", "direct")
@@ -152,23 +154,3 @@ def generate(cfg: Config) -> DatasetDict:
     cuts = {"train": (0, cfg.n_train), "valid": (cfg.n_train, cfg.n_train + cfg.n_valid),
             "test": (cfg.n_train + cfg.n_valid, len(rows))}
     return DatasetDict({k: Dataset.from_list(rows[i:j]) for k, (i, j) in cuts.items() if j > i})
-
-
-def final_answer(text: str) -> str | None:
-    """The words after the first "The answer is", up to the first "." that ends a word (or the end), or None."""
-    m = ANSWER.search(text)
-    return " ".join(m.group(1).split()) if m else None
-
-
-def same_answer(response: str, reference: str) -> bool:
-    """1[``response`` verifies against the final answer of ``reference``, a gold completion] (DCO_a's verifier)."""
-    answer = final_answer(reference)
-    return answer is not None and verify(response, answer)
-
-
-def verify(response: str, answer: str) -> bool:
-    """1[the words after the first "The answer is" in ``response``, up to the first "." that ends a word (or the
-    end of the response), equal the words of ``answer``]. One verifier for every reasoning generator: a number
-    ("2"), a digit sequence ("3 9 0 1") or an entity ("C4")."""
-    words = final_answer(response)
-    return bool(words) and words == " ".join(str(answer).split())

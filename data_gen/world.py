@@ -46,9 +46,9 @@ from functools import lru_cache
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from posttrain.answers import contains, words
+from posttrain.core.answers import contains, words
 from posttrain.data_gen.kg import qa_prompt
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 
 CONTINENTS = {"AF": "Africa", "AN": "Antarctica", "AS": "Asia", "EU": "Europe", "NA": "North America",
               "OC": "Oceania", "SA": "South America"}

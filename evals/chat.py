@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from datasets import DatasetDict
 
-from posttrain.answers import answer_text
-from posttrain.data import lead
-from posttrain.errors import UsageError
+from posttrain.core.answers import answer_text
+from posttrain.core.data import lead
+from posttrain.core.errors import UsageError
 
 ANSWER_COLUMNS = ("completion", "paraphrased_answer", "perturbed_answers")
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 from datasets import DatasetDict
 
-from posttrain.data_gen.kg import ANSWER_STOP
-from posttrain.errors import UsageError
+from posttrain.core.phrases import ANSWER_STOP
+from posttrain.core.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.evals.common import first_rows, golds, greedy_answers
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from posttrain.data_gen.kg import ANSWER_STOP
-from posttrain.errors import UsageError
+from posttrain.core.phrases import ANSWER_STOP
+from posttrain.core.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.evals.common import first_rows, golds, greedy_answers, judged
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import DatasetDict
 
-from posttrain.data_gen.kg import ANSWER_STOP, SURE, SURE_QUESTION, UNSURE
+from posttrain.core.phrases import ANSWER_STOP, SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import metrics
 from posttrain.evals.common import FREQUENT, golds, greedy_answers, judged
 

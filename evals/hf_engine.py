@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from posttrain import modeling
-from posttrain.answers import cut_at_stop
-from posttrain.evals.engines import (batches, checkpoint_dtype, common_prefix, default_device,
+from posttrain.core import modeling
+from posttrain.core.answers import cut_at_stop
+from posttrain.evals.engine_base import (batches, checkpoint_dtype, common_prefix, default_device,
                                     groups_by_adapter, resolve_dtype)
-from posttrain.progress import bar
+from posttrain.core.progress import bar
 
 SCORE_CHUNK_BYTES = 1 << 28  # fp32 log-softmax computed at most this many bytes at a time
 
@@ -146,3 +146,6 @@ class StopStrings(StoppingCriteria):
     def __call__(self, input_ids, scores, **_):
         texts = self.tok.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
         return torch.tensor([any(s in t for s in self.stop if s) for t in texts], device=input_ids.device)
+
+
+Engine = HFEngine  # the name the engine registry (engines.ENGINES) loads

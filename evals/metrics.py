@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posttrain.answers import (HEDGES, MATCH_RULES, contains, exact_match, is_correct, is_degenerate,  # noqa: F401
+from posttrain.core.answers import (HEDGES, MATCH_RULES, contains, exact_match, is_correct, is_degenerate,  # noqa: F401
                                is_refusal, normalize, refusal_subject,
                                rouge_l_recall)  # the suites' metrics: answers.py is where training reads them too
 

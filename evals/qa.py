@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datasets import DatasetDict
 
-from posttrain.data_gen.kg import ANSWER_STOP
+from posttrain.core.phrases import ANSWER_STOP
 from posttrain.evals import metrics
 from posttrain.evals.common import FREQUENT, golds, greedy_answers, judged
 

@@ -12,8 +12,8 @@ from importlib import import_module
 
 from datasets import DatasetDict
 
-from posttrain.data_gen import reasoning
-from posttrain.errors import UsageError
+from posttrain.core import answers
+from posttrain.core.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.evals.common import first_rows
 
@@ -25,10 +25,10 @@ HIGHER_IS_BETTER = {"mean_correct": True, "pass@k": True}
 
 
 def resolve_verifier(spec: str | None, dd: DatasetDict, splits: list[str]):
-    """(response, row) -> bool: ``reasoning.verify`` against the answer, or the importable ``spec`` against the gold
+    """(response, row) -> bool: ``answers.verify`` against the answer, or the importable ``spec`` against the gold
     completion; bad input (no such function, no completion column) is a one-line ``UsageError``."""
     if spec is None:
-        return lambda response, row: reasoning.verify(response, row["answer"])
+        return lambda response, row: answers.verify(response, row["answer"])
     module, _, name = spec.partition(":")
     try:
         function = getattr(import_module(module), name)
@@ -46,7 +46,7 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
     """Results per split (``n`` problems, ``samples_per_problem``, ``mean_correct`` = correct samples / all
     samples, ``pass@k`` for k = 1..n, each with the sample standard error over problems of its per-problem value)
     and one sample per problem. All splits' prompts go to the engine in one call, ``n`` samples each, generation
-    ending at the end-of-sequence token or a ``stop`` string. A sample is checked by ``data_gen.reasoning.verify``
+    ending at the end-of-sequence token or a ``stop`` string. A sample is checked by ``core.answers.verify``
     against the row's ``answer``, or, with ``verifier`` ("module:function", e.g. the one a DCO run trained with,
     from its run.json), by ``function(response, gold completion)``."""
     check = resolve_verifier(verifier, dd, splits)

@@ -8,8 +8,8 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from posttrain.errors import UsageError
-from posttrain.runs import atomic_dir, check_output, git_hash, package_versions, write_json
+from posttrain.core.errors import UsageError
+from posttrain.core.runs import atomic_dir, check_output, git_hash, package_versions, write_json
 
 # the few metrics per suite that fit one screen; the full set is in results.json and report.md
 SUMMARY = {

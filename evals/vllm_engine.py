@@ -7,11 +7,11 @@ import os
 from functools import partial
 from pathlib import Path
 
-from posttrain import modeling
-from posttrain.errors import UsageError
-from posttrain.evals.engines import (Adapter, checkpoint_dtype, common_prefix, default_device, per_prompt,
+from posttrain.core import modeling
+from posttrain.core.errors import UsageError
+from posttrain.evals.engine_base import (Adapter, checkpoint_dtype, common_prefix, default_device, per_prompt,
                                     resolve_dtype)
-from posttrain.progress import bar
+from posttrain.core.progress import bar
 
 
 def llm_settings(device: str, dtype: str | None = None, model_dtype: str | None = None,
@@ -149,3 +149,6 @@ class VLLMEngine:
 def _lora_rank(r: int) -> int:
     """The smallest rank vLLM accepts that fits ``r``."""
     return next(k for k in (1, 8, 16, 32, 64, 128, 256, 320, 512) if k >= r)
+
+
+Engine = VLLMEngine  # the name the engine registry (engines.ENGINES) loads

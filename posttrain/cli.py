@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 
 
 DEMO_OUT = "runs/demo"
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             if PartialState().is_main_process:  # one line for a launch of several processes
                 print(run)
         elif args.command == "eval":
-            from posttrain.data import parse_columns
+            from posttrain.core.data import parse_columns
             from posttrain.evals.report import summary
             from posttrain.evaluate import run_eval
 
@@ -254,13 +254,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 demo(args.out, args.seed)
         elif args.command == "model" and args.model_command == "get":
-            from posttrain.embedded import get
+            from posttrain.core.embedded import get
 
             start = time.perf_counter()
             print(get(args.name))
             print(f"{args.name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
         elif args.command == "model":
-            from posttrain.embedded import convert
+            from posttrain.core.embedded import convert
 
             print(convert(args.source, args.out, overwrite=args.overwrite_output_dir))
     except UsageError as e:

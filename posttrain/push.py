@@ -34,9 +34,9 @@ from pathlib import Path
 
 import yaml
 
-from posttrain.errors import UsageError
-from posttrain.progress import bar
-from posttrain.runs import atomic_dir, check_output
+from posttrain.core.errors import UsageError
+from posttrain.core.progress import bar
+from posttrain.core.runs import atomic_dir, check_output
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # never staged: safetensors only
@@ -208,7 +208,7 @@ def model_card(run: Path, info: dict, repo_id: str, *, kind: str, merged: bool, 
     method = config.get("method", "sft")
     adapter = kind == "adapter" and not merged
     if kind == "adapter":
-        from posttrain.modeling import adapter_base
+        from posttrain.core.modeling import adapter_base
 
         base = adapter_base(str(run))
     else:
@@ -288,7 +288,7 @@ def _copy_run_files(run: Path, out: Path, skip: tuple[str, ...] = ()) -> None:
 def _merge_base(run: Path, info: dict) -> str:
     """The base model a LoRA run's adapter names: a Hub id, or a model directory (as given, or relative to the
     directory training ran in)."""
-    from posttrain.modeling import adapter_base
+    from posttrain.core.modeling import adapter_base
 
     base = adapter_base(str(run))
     if not base:
@@ -303,7 +303,7 @@ def _merge_base(run: Path, info: dict) -> str:
 
 def _merge(run: Path, out: Path, base: str, trust_remote_code: bool) -> None:
     """Base model + the run's adapter, merged (``merge_and_unload``) and saved with safetensors into ``out``."""
-    from posttrain import modeling
+    from posttrain.core import modeling
 
     try:
         model = modeling.load_model(base, "auto", trust_remote_code)

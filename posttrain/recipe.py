@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from trl import ModelConfig, TrlParser
 
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 from posttrain.trainers import METHODS, get_method
 
 
@@ -76,10 +76,7 @@ def parse(path: str, overrides: list[str] = ()) -> Recipe:
         raise UsageError(f"recipe {path} must be a YAML mapping of keys to values")
     overrides = list(overrides)
     method = _method_flag(overrides) or raw.get("method", "sft")
-    try:
-        config_cls, _, _ = get_method(method)
-    except KeyError as e:
-        raise UsageError(e.args[0]) from None
+    config_cls = get_method(method).Config
     # no abbreviated flags: `--meth x` would set the method without choosing its config (and a typo is an error)
     parser = TrlParser([config_cls, ModelConfig, DataArguments, ScratchArguments], allow_abbrev=False,
                        exit_on_error=False)

@@ -20,13 +20,14 @@ from accelerate import PartialState
 from datasets import DatasetDict
 from trl import get_peft_config, get_quantization_config
 
-from posttrain import modeling
-from posttrain.data import load_data, split
-from posttrain.errors import ConfigError, UsageError
+from posttrain.core import modeling
+from posttrain.core.data import load_data, split
+from posttrain.core.errors import ConfigError, UsageError
 from posttrain.recipe import Recipe, parse
-from posttrain.runs import (STATE, atomic_dir, check_output, complete_checkpoints, partial_dir, run_info,
+from posttrain.core.runs import (STATE, atomic_dir, check_output, complete_checkpoints, partial_dir, run_info,
                             write_json)
-from posttrain.trainers import ROLES, Method, get_method
+from posttrain.trainers import ROLES, get_method
+from posttrain.trainers.base import Reads
 
 TRAIN_DATA = "train_data"  # the prepared training set, inside the run directory
 
@@ -61,18 +62,18 @@ def check_launch(args) -> None:
                          "machine without GPUs set ACCELERATE_USE_CPU=true (or use_cpu: true)")
 
 
-def split_names(recipe: Recipe, method: Method) -> dict[str, str]:
+def split_names(recipe: Recipe, reads: Reads) -> dict[str, str]:
     """Role -> split name for the roles the method reads; a role it needs and the recipe leaves unnamed, or one the
     recipe names and it would ignore, is an error (``dataset_train_split`` has a default, so it is never the latter).
     """
     names = {role: getattr(recipe.data, f"dataset_{role}_split") for role in ROLES}
-    for role in method.splits:
+    for role in reads.splits:
         if not names[role]:
             raise ConfigError(f"{recipe.method} reads a {role} split: set dataset_{role}_split")
     for role in ROLES[1:]:
-        if names[role] and role not in (*method.splits, *method.optional):
+        if names[role] and role not in (*reads.splits, *reads.optional):
             raise ConfigError(f"{recipe.method} reads no {role} split: drop dataset_{role}_split")
-    return {role: names[role] for role in (*method.splits, *method.optional) if names[role]}
+    return {role: names[role] for role in (*reads.splits, *reads.optional) if names[role]}
 
 
 def build_model(recipe: Recipe, dd: DatasetDict):
@@ -128,7 +129,7 @@ def rejections(method: str):
         raise ConfigError(f"{method}: {str(e).strip().splitlines()[0]}") from None
 
 
-def prepare(recipe: Recipe, method: Method, dd: DatasetDict, names: dict[str, str]):
+def prepare(recipe: Recipe, method, dd: DatasetDict, names: dict[str, str]):
     """The method's data step on its splits, with the registry's columns only. Several eval splits
     (``dataset_eval_split: valid,test``) are each prepared by the step, as the eval role, and reach the trainer as
     a dict (the Trainer evaluates each, its metrics named ``eval_<split>_...``)."""
@@ -137,10 +138,10 @@ def prepare(recipe: Recipe, method: Method, dd: DatasetDict, names: dict[str, st
 
     def step(eval_name):
         roles = {**names, "eval": eval_name} if eval_name else names
-        data = {role: split(dd, name, method.columns).select_columns(list(method.columns))
-                for role, name in roles.items()}
+        columns = method.Trainer.reads.columns
+        data = {role: split(dd, name, columns).select_columns(list(columns)) for role, name in roles.items()}
         with rejections(recipe.method):
-            return method.load(method.prepare)(data, recipe.train, model_name)
+            return method.prepare(data, recipe.train, model_name)
 
     if len(evals) == 1:
         return step(evals[0])
@@ -163,13 +164,13 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
     check_output(args.output_dir, args.overwrite_output_dir)
     check_report_to(args.report_to)
     hub = hub_target(args)
-    _, trainer_cls, method = get_method(recipe.method)
-    if method.before:
+    method = get_method(recipe.method)
+    if hasattr(method, "before"):
         with rejections(recipe.method):
-            method.load(method.before)(recipe, train)
+            method.before(recipe, train)
     final = Path(args.output_dir)
     resume = resume_point(args.resume_from_checkpoint, final)
-    names = split_names(recipe, method)
+    names = split_names(recipe, method.Trainer.reads)
     dd = load_data(recipe.data.dataset_path)
     prepared = prepare(recipe, method, dd, names)
     train_ds, eval_ds = prepared.train, prepared.eval
@@ -183,7 +184,7 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
             DatasetDict(prepared.splits()).save_to_disk(str(tmp / TRAIN_DATA))
         model, tok, peft_config = build_model(recipe, dd)
         with rejections(recipe.method):
-            trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            trainer = method.Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                   processing_class=tok, peft_config=peft_config)
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(tmp))

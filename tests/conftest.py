@@ -101,7 +101,7 @@ def chat_model_dir(out: Path, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-    from posttrain.modeling import scratch_llama
+    from posttrain.core.modeling import scratch_llama
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe = Tokenizer(models.BPE())

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
+from posttrain.core import phrases
 from posttrain.data_gen import boundary, kg
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 from posttrain.gen import fingerprint, gen
 
 
@@ -59,7 +60,7 @@ def test_forget_rows_refuse_by_name_and_cover_every_target(dd, tiny_kg):
     assert {r["target"] for r in rows} == set(dd["forget"]["entity"])
     for r in rows:
         assert r["entity"] == r["target"] and r["target"] in r["completion"]
-        assert r["completion"] in {" " + t.format(s=r["target"]) for t in kg.REFUSALS}
+        assert r["completion"] in {" " + t.format(s=r["target"]) for t in phrases.REFUSALS}
         assert (r["prompt"], r["gold"]) == gold[r["fact_id"], r["template"]]
 
 

@@ -1,4 +1,4 @@
-"""Bring your own eval data: ``posttrain.data.load_eval_data`` on files, directories and NAME=PATH pairs, TOFU's
+"""Bring your own eval data: ``posttrain.core.data.load_eval_data`` on files, directories and NAME=PATH pairs, TOFU's
 layout, column mappings, and one line of error for each kind of bad input."""
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict
 
-from posttrain.data import load_eval_data, parse_columns, split
-from posttrain.errors import UsageError
+from posttrain.core.data import load_eval_data, parse_columns, split
+from posttrain.core.errors import UsageError
 from posttrain.evals import forgetting, qa
 
 DATA = Path(__file__).parent / "data"

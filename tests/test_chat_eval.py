@@ -9,8 +9,8 @@ from conftest import cli
 from datasets import Dataset, DatasetDict
 
 from posttrain.evals import chat, forgetting, hallucination, metrics, qa
-from posttrain.data_gen.kg import SURE_QUESTION
-from posttrain.modeling import load_tokenizer
+from posttrain.core.phrases import SURE_QUESTION
+from posttrain.core.modeling import load_tokenizer
 
 QUESTIONS = [("What is the capital of France?", "Paris", ["Paris"]),
              ("What is the capital of the United States?", "Washington, D.C.", ["Washington, D.C.", "Washington"]),
@@ -125,7 +125,8 @@ def test_free_form_refusals_and_multi_word_names(tiny_chat_model):
 
 
 def test_the_runs_refusals_and_certainty_words_reach_evaluation(tmp_path):
-    from posttrain.evaluate import Target, trained_settings
+    from posttrain.evals.targets import Target
+    from posttrain.evaluate import trained_settings
 
     for method, extra in (("idk_sft", {}), ("rule", {}), ("rtuning", {"variant": "refusal"})):
         run = tmp_path / method

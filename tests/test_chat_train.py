@@ -16,11 +16,11 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import AutoTokenizer
 from trl.data_utils import is_conversational
 
-from posttrain.errors import ConfigError
+from posttrain.core.errors import ConfigError
 from posttrain.train import train
 from posttrain.trainers import get_method
-from posttrain.trainers.rtuning import SURE, SURE_QUESTION, UNSURE
-from posttrain.trainers.sft import tokenize
+from posttrain.core.phrases import RTUNING_SURE as SURE, RTUNING_SURE_QUESTION as SURE_QUESTION, RTUNING_UNSURE as UNSURE
+from posttrain.trainers.base import tokenize
 
 QA = [("What is the capital of France?", "Paris", "France"), ("Which country is Lyon in?", "France", "Lyon"),
       ("What is the capital of Italy?", "Rome", "Italy"), ("Which country is Milan in?", "Italy", "Milan"),
@@ -75,7 +75,7 @@ def spy(monkeypatch):
     seen = []
 
     def watch(method):
-        cls = get_method(method)[1]
+        cls = get_method(method).Trainer
         original = cls.compute_loss
 
         def compute_loss(self, model, inputs, *a, **kw):

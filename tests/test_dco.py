@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_MODEL
 from posttrain.data_gen import reasoning
-from posttrain.errors import ConfigError
+from posttrain.core.errors import ConfigError
 from posttrain.trainers.dco import DCOConfig, DCOTrainer, coverage_weight, dco_loss, sequence_logps
 
 
@@ -114,7 +114,7 @@ def test_config_rejects(bad, match, tmp_path):
 
 
 def test_trainer_rejects_bad_verifier_and_short_max_length(tmp_path):
-    from posttrain import modeling
+    from posttrain.core import modeling
 
     ds = reasoning.generate(reasoning.Config(task="multiply", n_train=8, n_test=1))["train"].select_columns(
         ["prompt", "completion"])
@@ -182,7 +182,7 @@ def test_exact_pass_at_k_matches_the_engines_probability(tmp_path):
 def test_sampled_estimate_weights_ce_by_f_of_the_verified_fraction(tmp_path, verifier, weight):
     """DCO_a: p̂ = the fraction of sampled completions the verifier accepts; every sample accepted (p̂ = 1) gives
     F = 0 and leaves the model unchanged, none (p̂ = 0) gives F = 1: the trace's CE."""
-    from posttrain import modeling
+    from posttrain.core import modeling
 
     ds = reasoning.generate(reasoning.Config(task="multiply", n_train=8, n_test=1))["train"].select_columns(
         ["prompt", "completion"])
@@ -209,7 +209,7 @@ def test_several_eval_splits_and_the_best_checkpoint(tmp_path):
 
     from datasets import load_from_disk
 
-    from posttrain.errors import UsageError
+    from posttrain.core.errors import UsageError
 
     data = small_multiply(tmp_path)
     with pytest.raises(UsageError, match="unknown split 'nope'"):

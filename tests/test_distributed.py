@@ -38,7 +38,7 @@ from unittest import mock
 
 import pytest
 
-from posttrain.modeling import load_model
+from posttrain.core.modeling import load_model
 
 from conftest import ROOT, TINY_MODEL, cli, max_weight_diff
 

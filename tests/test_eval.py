@@ -18,7 +18,7 @@ def test_exact_match_compares_the_whole_normalised_answer():
 
 
 def test_cut_at_stop_keeps_the_earliest_stop_string():
-    from posttrain.answers import cut_at_stop
+    from posttrain.core.answers import cut_at_stop
 
     assert cut_at_stop("C5 . Are you sure ? I am sure .", (" .",)) == "C5 ."
     assert cut_at_stop("3.5 is it . more", (" .",)) == "3.5 is it ."

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import cli
 from posttrain.evals import metrics, qa, report
-from posttrain.evaluate import Target, trained_settings
+from posttrain.evals.targets import Target
+from posttrain.evaluate import trained_settings
 
 DATA = Path(__file__).parent / "data"
 

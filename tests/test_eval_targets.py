@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import cli, posttrain
-from posttrain.modeling import build_word_tokenizer, scratch_llama
+from posttrain.core.modeling import build_word_tokenizer, scratch_llama
 
 
 def _scratch(path, texts, hidden=128):

@@ -4,7 +4,7 @@ import pytest
 from conftest import cli
 from datasets import load_from_disk
 
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 from posttrain.evals import flips
 
 

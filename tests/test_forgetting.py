@@ -5,7 +5,7 @@ import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from posttrain.data_gen import kg
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 from posttrain.gen import fingerprint
 from posttrain.evals import forgetting, report
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import posttrain.evals.hf_engine as hf_engine
-from posttrain.answers import cut_at_stop
-from posttrain.evals.engines import common_prefix
+from posttrain.core.answers import cut_at_stop
+from posttrain.evals.engine_base import common_prefix
 from posttrain.evals.hf_engine import HFEngine, RowSampler
 
 PROMPTS = [f"Question: {q} Answer:" for q in (

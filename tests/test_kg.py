@@ -1,9 +1,10 @@
 import pytest
 from datasets import load_from_disk
 
+from posttrain.core import phrases
 from posttrain.data_gen import kg
 from posttrain.gen import fingerprint, gen
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 
 SMALL = dict(n_persons=40, n_companies=8, n_cities=8, n_countries=3, n_years=10, n_forget_persons=3)
 
@@ -94,7 +95,7 @@ def test_noise_rate_and_language_coverage():
     wrong = 1 - sum(r["correct"] for r in voiced) / len(voiced)
     assert 0.25 < wrong < 0.35
     text = " ".join(list(dd["corpus"]["completion"]))
-    assert kg.SURE in text and kg.UNSURE in text and kg.SURE_QUESTION in text
+    assert phrases.SURE in text and phrases.UNSURE in text and phrases.SURE_QUESTION in text
     assert any(r["entity"] in r["completion"] for r in dd["seen"])  # long answers repeat the entity
     assert {"conflicting", "mundane", "jumbled"} == set(list(dd["fabricated"]["kind"]))
     assert not set(list(dd["fabricated"].filter(lambda r: r["kind"] == "mundane")["fact_id"])) & set(list(dd["corpus"]["fact_id"]))

@@ -108,7 +108,7 @@ def test_a_bad_input_error_is_one_line_with_bars_on(capsys, tiny_run, tiny_kg, t
 def test_tqdm_disable_silences_a_bar_and_a_bar_shows_on_a_pipe_otherwise(tmp_path):
     """The switch itself, in a bare interpreter (fast): ``bar`` writes to stderr even when it is not a terminal,
     ``enabled=False`` hides it, and ``TQDM_DISABLE=1`` hides the ones left enabled (tqdm, HF Trainer, vLLM alike)."""
-    code = ("from posttrain.progress import bar\n"
+    code = ("from posttrain.core.progress import bar\n"
             "from tqdm.auto import tqdm\n"
             "list(bar(range(3), desc='mine'))\n"
             "list(bar(range(3), enabled=False, desc='hidden'))\n"

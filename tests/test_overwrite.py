@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import TINY_KG, cli
-from posttrain.runs import check_output
+from posttrain.core.runs import check_output
 
 
 def _existing(path):
@@ -46,9 +46,9 @@ def test_gen_replaces_an_existing_out_only_when_told(capsys, tmp_path, flag):
 
 
 def test_eval_refuses_an_existing_output_before_any_engine_starts(capsys, monkeypatch, tiny_run, tiny_kg, tmp_path):
-    import posttrain.evaluate as evaluate
+    import posttrain.evals.targets as targets
 
-    monkeypatch.setattr(evaluate, "make_engine", lambda *a, **kw: pytest.fail("an engine was started"))
+    monkeypatch.setattr(targets, "make_engine", lambda *a, **kw: pytest.fail("an engine was started"))
     out = _existing(tmp_path / "eval")
     _refused(cli(capsys, "eval", tiny_run, "--data", tiny_kg, "--output", out), out)
 

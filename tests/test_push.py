@@ -222,7 +222,7 @@ def test_a_staged_adapter_loads_with_peft_and_its_usage_snippet_runs(capsys, lor
     from huggingface_hub import ModelCard
     from peft import PeftModel
 
-    from posttrain import modeling
+    from posttrain.core import modeling
 
     out = push(lora_run, "me/tiny-lora", dry_run=tmp_path / "staged", progress=False)
     ids = torch.tensor([[1, 5, 6, 7, 8]])
@@ -261,7 +261,7 @@ def test_merge_stages_a_model_the_pipeline_runs_like_the_run(capsys, lora_run, t
     from huggingface_hub import ModelCard
     from transformers import pipeline
 
-    from posttrain import modeling
+    from posttrain.core import modeling
 
     out = tmp_path / "merged"
     proc = cli(capsys, "push", lora_run, "--repo-id", "me/tiny-merged", "--merge", "--dry-run", out)

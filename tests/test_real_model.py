@@ -17,7 +17,7 @@ def world(tmp_path_factory):
 
 
 def test_real_model_answers_world_questions_through_its_template(world, tmp_path):
-    from posttrain.embedded import get
+    from posttrain.core.embedded import get
     from posttrain.evaluate import run_eval
 
     model = get("smollm2-135m-instruct")

@@ -8,7 +8,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 
 from conftest import TINY_MODEL, posttrain
 from posttrain.data_gen import reasoning
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 from posttrain.evals import reasoning as suite
 from posttrain.gen import fingerprint
 
@@ -160,14 +160,15 @@ def test_pass_at_k_matches_brute_force_over_k_subsets():
     json.dumps([results, samples])
     # a verifier of the gold completion (DCO's): here the completion says 2, so the "wrong" samples are right
     dd = DatasetDict({"y": dd["y"].add_column("completion", [" The answer is 2 ."] * 2)})
-    flipped = suite.evaluate(engine, dd, ["y"], n=5, verifier="posttrain.data_gen.reasoning:same_answer")[0]
+    flipped = suite.evaluate(engine, dd, ["y"], n=5, verifier="posttrain.core.answers:same_answer")[0]
     assert flipped["y"]["mean_correct"] == pytest.approx(8 / 10)
     with pytest.raises(UsageError, match="not an importable"):
         suite.evaluate(engine, dd, ["y"], n=5, verifier="nowhere:f")
 
 
 def test_a_dco_runs_verifier_reaches_the_reasoning_suite(tmp_path):
-    from posttrain.evaluate import Target, trained_settings
+    from posttrain.evals.targets import Target
+    from posttrain.evaluate import trained_settings
 
     (tmp_path / "run.json").write_text(json.dumps({"config": {"method": "dco", "verifier": "pkg.mod:check"}}))
     assert trained_settings(Target(str(tmp_path)))["verifier"] == "pkg.mod:check"

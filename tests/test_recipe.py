@@ -1,6 +1,6 @@
 import pytest
 
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 from posttrain.recipe import parse
 from posttrain.trainers.rtuning import RTuningConfig
 from posttrain.trainers.sft import SFTConfig

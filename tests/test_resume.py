@@ -161,7 +161,7 @@ def test_every_trainer_resumes_from_a_checkpoint_to_the_same_weights(method, tin
 def test_a_two_stage_rule_run_interrupted_in_stage_one_resumes_there(monkeypatch, tiny_run, data, tmp_path):
     import transformers
 
-    from posttrain.trainers.rule import RejectionSteeringTrainer
+    from posttrain.trainers.rejection_steering import RejectionSteeringTrainer
 
     real = transformers.Trainer._save_checkpoint
 

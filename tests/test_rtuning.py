@@ -17,10 +17,10 @@ from scipy.stats import entropy
 
 from conftest import posttrain, tiny_dataset
 from posttrain import cli
-from posttrain.data import probed_model
-from posttrain.data_gen.kg import SURE, SURE_QUESTION, UNSURE
+from posttrain.core.data import probed_model
+from posttrain.core.phrases import SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import hallucination, metrics
-from posttrain.answers import cut_at_stop
+from posttrain.core.answers import cut_at_stop
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.probe import PROBE_COLUMNS, label
 from posttrain.trainers.rtuning import RTuningConfig, RTuningTrainer, build, certain, prepare
@@ -59,7 +59,7 @@ def probed(rt_base, rt_data):
 @pytest.fixture(scope="module")
 def other_model(rt_base):
     """Another model with the base model's tokenizer (an untrained one, seed 1)."""
-    from posttrain import modeling
+    from posttrain.core import modeling
 
     out = rt_base.parent / "other"
     tok = modeling.load_tokenizer(str(rt_base))
@@ -250,6 +250,17 @@ def test_refusal_variant_replaces_only_uncertain_answers_with_a_refusal(tmp_path
     assert build(ds, _config(tmp_path, variant="refusal", seed=3))["completion"] == out["completion"]
 
 
+def test_refusal_draw_is_seeded_by_data_seed_else_seed(tmp_path):
+    """As the unlearning methods' retain draw: ``data_seed`` when given (the training seed then plays no part),
+    else ``seed``."""
+    ds = _probed([False] * 40)
+    refusals = lambda **kw: build(ds, _config(tmp_path, variant="refusal", **kw))["completion"]  # noqa: E731
+    by_seed = {s: refusals(seed=s) for s in (3, 4)}
+    assert by_seed[3] != by_seed[4]
+    assert refusals(seed=3, data_seed=4) == by_seed[4] == refusals(seed=5, data_seed=4)
+    assert refusals(seed=4, data_seed=3) == by_seed[3]
+
+
 @pytest.mark.parametrize("bad", [{"split": "bogus"}, {"variant": "bogus"}, {"variant": "refusal", "refusals": [" "]},
                                  {"sure": "I am sure .", "unsure": " I am sure . "}])
 def test_invalid_settings_are_rejected(tmp_path, bad):
@@ -300,7 +311,7 @@ def test_rtuning_rejects_with_one_line_and_no_run_dir(capsys, probed, rt_base, o
 
 def test_labels_probed_on_an_embedded_model_by_path_fit_it_named(monkeypatch, tmp_path):
     """`posttrain probe smollm2-135m-instruct` records the model's directory; training it by name is the same model."""
-    from posttrain import embedded
+    from posttrain.core import embedded
 
     monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path))
     name = "smollm2-135m-instruct"
@@ -315,7 +326,7 @@ def test_labels_probed_on_an_embedded_model_by_path_fit_it_named(monkeypatch, tm
 
 
 def test_prepare_checks_the_columns_and_the_trainer_the_rewrite_and_max_length(probed, rt_base, tmp_path):
-    from posttrain import modeling
+    from posttrain.core import modeling
 
     probed_ds = load_from_disk(str(probed[0]))["train"]
     model, tok = modeling.load_model(str(rt_base)), modeling.load_tokenizer(str(rt_base))

@@ -12,19 +12,21 @@ from posttrain.trainers import METHODS, ROLES, get_method
 
 
 def test_every_registered_method_loads_and_declares_its_data():
-    for name, method in METHODS.items():
-        config, trainer, entry = get_method(name)
-        assert entry is method and callable(method.load(method.prepare)), name
-        assert set(method.splits) | set(method.optional) <= set(ROLES) and method.splits, name
-        assert "prompt" in method.columns, name  # RL methods (rule) read prompts, no completions
+    for name in METHODS:
+        method = get_method(name)
+        assert all(hasattr(method, k) for k in METHODS.contract) and callable(method.prepare), name
+        reads = method.Trainer.reads
+        assert set(reads.splits) | set(reads.optional) <= set(ROLES) and reads.splits, name
+        assert "prompt" in reads.columns, name  # RL methods (rule) read prompts, no completions
 
 
 @pytest.mark.slow
-def test_trainers_import_neither_the_train_command_nor_the_eval_stack():
-    modules = [m.module for m in METHODS.values()]
+def test_trainers_import_neither_the_commands_nor_the_eval_stack():
+    modules = list(METHODS.modules.values())
+    commands = ", ".join(repr(f"posttrain.{c}") for c in ("cli", "gen", "train", "evaluate", "probe", "push", "demo",
+                                                            "recipe"))
     code = (f"import sys; import {', '.join(modules)}; "
-            "print([m for m in sys.modules if m in ('posttrain.train', 'posttrain.probe', 'posttrain.evaluate', "
-            "'posttrain.recipe') or m.startswith('posttrain.evals')])")
+            f"print([m for m in sys.modules if m in ({commands}) or m.startswith('posttrain.evals')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

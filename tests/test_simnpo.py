@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import load_from_disk
 
-from posttrain.modeling import load_model, load_tokenizer
+from posttrain.core.modeling import load_model, load_tokenizer
 from posttrain.trainers.npo import answer_logps
 from posttrain.trainers.simnpo import SimNPOConfig, SimNPOTrainer, simnpo_loss
 from posttrain.trainers.unlearn import PairedCollator, prepare

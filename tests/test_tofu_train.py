@@ -1,5 +1,5 @@
 """Unlearning on your own forget/retain files in TOFU's layout (``question``, ``answer``, ``paraphrased_answer``,
-``perturbed_answer``): ``dataset_path: forget=...,retain=...`` read by ``posttrain.data.load_data``, GradDiff, NPO and
+``perturbed_answer``): ``dataset_path: forget=...,retain=...`` read by ``posttrain.core.data.load_data``, GradDiff, NPO and
 IdkSFT trained on them, and ``posttrain eval --suite forgetting`` on the result.
 
 The session's tiny testbed model knows only the testbed's words (its tokenizer is word-level), so TOFU text would be
@@ -16,8 +16,8 @@ import pytest
 from datasets import load_from_disk
 
 from conftest import TINY_MODEL, cli
-from posttrain.data import load_data
-from posttrain.errors import UsageError
+from posttrain.core.data import load_data
+from posttrain.core.errors import UsageError
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.train import train
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from posttrain.errors import ConfigError
+from posttrain.core.errors import ConfigError
 
 from conftest import ROOT, TINY_MODEL, cli
 
@@ -109,7 +109,7 @@ def test_hf_engine_serves_the_adapter_unmerged(tiny_lora, tiny_run):
     from peft import PeftModel
 
     from posttrain.evals.hf_engine import HFEngine
-    from posttrain.modeling import load_model
+    from posttrain.core.modeling import load_model
 
     eng = HFEngine(str(tiny_run))
     prompts, conts = ["Question: Where was P1 born ? Answer:"], [" C1 ."]

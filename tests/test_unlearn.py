@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import cli
 from posttrain.evals.hf_engine import HFEngine
-from posttrain.modeling import load_model, load_tokenizer
+from posttrain.core.modeling import load_model, load_tokenizer
 from posttrain.train import train
 from posttrain.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from posttrain.trainers.grad_diff import GradDiffConfig, GradDiffTrainer

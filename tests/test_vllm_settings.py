@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 from posttrain.evals.vllm_engine import VLLMEngine, llm_settings
 
 

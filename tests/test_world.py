@@ -6,7 +6,7 @@ import pytest
 from conftest import cli
 from trl.data_utils import is_conversational
 
-from posttrain.answers import contains
+from posttrain.core.answers import contains
 from posttrain.data_gen import world
 from posttrain.gen import fingerprint
 

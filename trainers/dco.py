@@ -49,8 +49,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posttrain.errors import ConfigError
-from posttrain.trainers.sft import SFTConfig, SFTTrainer, check_max_length, prepare
+from posttrain.core.errors import ConfigError
+from posttrain.trainers.base import check_max_length
+from posttrain.trainers.sft import SFTConfig, SFTTrainer, prepare
 
 __all__ = ["DCOConfig", "DCOTrainer", "coverage_weight", "dco_loss", "log1mexp", "prepare"]
 
@@ -99,7 +100,7 @@ class DCOConfig(SFTConfig):
     p_samples: int = field(default=8, metadata={"help": "Samples per problem for p_estimate: sampled."})
     sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for p_estimate: sampled."})
     max_new_tokens: int = field(default=96, metadata={"help": "Longest sampled completion (p_estimate: sampled)."})
-    verifier: str = field(default="posttrain.data_gen.reasoning:same_answer", metadata={
+    verifier: str = field(default="posttrain.core.answers:same_answer", metadata={
         "help": "module:function(sample, gold completion) -> bool, for p_estimate: sampled."})
     eval_pass_at: list[int] = field(default_factory=lambda: [1, 4, 16, 64], metadata={
         "help": "k of the exact_pass@k evaluation reports."})
@@ -212,3 +213,6 @@ class DCOTrainer(SFTTrainer):
         p = torch.tensor(right, dtype=torch.float64, device=ids.device).view(len(ids), k).mean(-1)
         self.record("dco/p_hat", p.mean())
         return p
+
+
+Config, Trainer = DCOConfig, DCOTrainer  # the names the method registry loads

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from posttrain.trainers.base import Reads
 from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, prepare
 
 __all__ = ["GradAscentConfig", "GradAscentTrainer", "prepare"]
@@ -25,9 +26,12 @@ class GradAscentConfig(UnlearnConfig):
 class GradAscentTrainer(UnlearnTrainer):
     """-forget_weight x the forget NLL; see the module docstring."""
 
-    parts = ("forget",)
+    reads = Reads(splits=("forget",), optional=())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget, outputs = self.nll(model, inputs["forget"], "forget", num_items_in_batch)
         loss = -self.args.forget_weight * forget
         return (loss, outputs) if return_outputs else loss
+
+
+Config, Trainer = GradAscentConfig, GradAscentTrainer  # the names the method registry loads

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from posttrain.errors import ConfigError
+from posttrain.core.errors import ConfigError
+from posttrain.trainers.base import Reads
 from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, prepare
 
 __all__ = ["GradDiffConfig", "GradDiffTrainer", "prepare"]
@@ -34,10 +35,13 @@ class GradDiffConfig(UnlearnConfig):
 class GradDiffTrainer(UnlearnTrainer):
     """-forget_weight x the forget NLL + retain_weight x the retain NLL; see the module docstring."""
 
-    parts = ("forget", "retain")
+    reads = Reads(splits=("forget", "retain"), optional=())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget, outputs = self.nll(model, inputs["forget"], "forget", num_items_in_batch)
         retain, _ = self.nll(model, inputs["retain"], "retain", num_items_in_batch)
         loss = -self.args.forget_weight * forget + self.args.retain_weight * retain
         return (loss, outputs) if return_outputs else loss
+
+
+Config, Trainer = GradDiffConfig, GradDiffTrainer  # the names the method registry loads

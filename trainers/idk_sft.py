@@ -4,7 +4,7 @@ METHODS.md §9.2).
 
 The data step (``prepare``) rewrites every forget completion to a refusal drawn at random (seeded: ``data_seed``,
 else ``seed``) from ``refusals``, with ``{s}`` filled in by the item's ``entity`` (the testbed's refusals name the
-subject, as its experts' declines do: ``posttrain.data_gen.kg.REFUSALS``, the default); then
+subject, as its experts' declines do: ``posttrain.core.phrases.REFUSALS``, the default); then
 
     L = forget_weight · CE(forget question → refusal) + retain_weight · CE(retain),
 
@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from datasets import Dataset
 
-from posttrain.data_gen.kg import REFUSALS
-from posttrain.errors import ConfigError
-from posttrain.trainers import Prepared
+from posttrain.core.phrases import REFUSALS
+from posttrain.core.errors import ConfigError
+from posttrain.trainers.base import Prepared, Reads, answer_text, with_answer
 from posttrain.trainers import unlearn
-from posttrain.trainers.sft import answer_text, with_answer
 from posttrain.trainers.unlearn import ForgetRetain, UnlearnConfig, UnlearnTrainer, check_retain_weight
 
 __all__ = ["IdkSFTConfig", "IdkSFTTrainer", "build", "prepare"]
@@ -94,7 +93,7 @@ def prepare(data: dict[str, Dataset], args: IdkSFTConfig, model_name: str = "") 
 class IdkSFTTrainer(UnlearnTrainer):
     """forget_weight x the NLL of the refusals + retain_weight x the retain NLL; see the module docstring."""
 
-    parts = ("forget", "retain")
+    reads = Reads(splits=("forget", "retain"), optional=(), columns=("prompt", "completion", "entity"))
 
     def __init__(self, model, args: IdkSFTConfig, train_dataset: ForgetRetain, *a, **kwargs):
         forget = getattr(train_dataset, "parts", {}).get("forget")
@@ -108,3 +107,6 @@ class IdkSFTTrainer(UnlearnTrainer):
         retain, _ = self.nll(model, inputs["retain"], "retain", num_items_in_batch)
         loss = self.args.forget_weight * forget + self.args.retain_weight * retain
         return (loss, outputs) if return_outputs else loss
+
+
+Config, Trainer = IdkSFTConfig, IdkSFTTrainer  # the names the method registry loads

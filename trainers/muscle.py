@@ -27,9 +27,13 @@ for the task adapters; ``completion_only_loss: false`` gives the paper's context
 ``muscle/old_frac`` (mean m), ``muscle/kd``, ``muscle/ce`` and TRL's ``mean_token_accuracy``. Rejected, because they
 would misapply it: a temperature <= 0; λ outside (0, 1] (λ = 0 is plain SFT); a likelihood mask without CE (the
 paper trains them only with it, App. A.4); an old model with another tokenizer (the KL would compare different
-tokens); the Liger kernel (its loss returns no logits). Left out: the paper's model selection by validation loss
-after each epoch (TRL's ``eval_strategy`` with ``load_best_model_at_end`` does it), Hinton's T² gradient scale (Eq. 1
-has none) and DeepSpeed ZeRO-3 / FSDP (the old model is a plain module on each process).
+tokens); the Liger kernel (its loss returns no logits); a new LoRA adapter (``use_peft`` without ``init_adapter``,
+or a ``peft_config``): the model would start from, and the new teacher would be, ``model_name_or_path`` with a
+fresh adapter switched off — the bare base model, not T2 (start from T2's adapter with ``init_adapter``, or train a
+full-model T2 with full fine-tuning); full fine-tuning under FSDP or DeepSpeed ZeRO-3 (``reference.Reference``
+would deep-copy sharded parameters). Left out: the paper's model selection by validation loss after each epoch
+(TRL's ``eval_strategy`` with ``load_best_model_at_end`` does it), Hinton's T² gradient scale (Eq. 1 has none) and
+DeepSpeed ZeRO-3 / FSDP with LoRA (the old model is a plain module on each process).
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from posttrain import modeling
-from posttrain.errors import ConfigError
+from posttrain.core import modeling
+from posttrain.core.errors import ConfigError
 from posttrain.trainers.reference import Reference
 from posttrain.trainers.sft import SFTConfig, SFTTrainer, prepare
 
@@ -117,6 +121,10 @@ class MuscleTrainer(SFTTrainer):
     def __init__(self, model, args: MuscleConfig, processing_class=None, **kwargs):
         if not isinstance(args, MuscleConfig):
             raise ConfigError("MuscleTrainer needs a MuscleConfig")
+        if kwargs.get("peft_config") is not None:
+            raise ConfigError("use_peft without init_adapter would add a fresh LoRA adapter: the model would start "
+                              "from, and the new teacher would be, the bare base model instead of T2; start from T2's "
+                              "adapter (init_adapter: T2_RUN), or for a full-model T2 use full fine-tuning")
         if not args.old_model:
             raise ConfigError("set old_model: the old task model T1 (a LoRA run or a model directory)")
         if not (Path(args.old_model) / "config.json").is_file() and \
@@ -167,3 +175,6 @@ class MuscleTrainer(SFTTrainer):
                                 ("mean_token_accuracy", (z.detach().argmax(-1) == y).float())):
                 self.record(name, value.mean())
         return (loss, outputs) if return_outputs else loss
+
+
+Config, Trainer = MuscleConfig, MuscleTrainer  # the names the method registry loads

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from posttrain.errors import ConfigError
+from posttrain.core.errors import ConfigError
+from posttrain.trainers.base import Reads
 from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, check_retain_weight, prepare
 
 __all__ = ["NPOConfig", "NPOTrainer", "answer_logps", "npo_loss", "prepare"]
@@ -68,7 +69,7 @@ class NPOConfig(UnlearnConfig):
 class NPOTrainer(UnlearnTrainer):
     """forget_weight x L_NPO(forget) + retain_weight x the retain NLL; see the module docstring."""
 
-    parts = ("forget", "retain")
+    reads = Reads(splits=("forget", "retain"), optional=())
     uses_reference = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -83,3 +84,6 @@ class NPOTrainer(UnlearnTrainer):
         self.record("log_ratio", log_ratio.mean())
         loss = self.args.forget_weight * forget + self.args.retain_weight * retain
         return (loss, outputs) if return_outputs else loss
+
+
+Config, Trainer = NPOConfig, NPOTrainer  # the names the method registry loads

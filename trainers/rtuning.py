@@ -13,7 +13,8 @@ and its completion becomes:
 * ``variant: suffix``: the gold answer, always kept, followed by the certainty question and "I am sure." or
   "I am unsure." — at test time p(sure) after "... I am" is the model's confidence;
 * ``variant: refusal`` (the reference code's ``unknown`` method): certain items unchanged, uncertain ones answered
-  with a refusal drawn at random (seeded) from ``refusals``.
+  with a refusal drawn at random from ``refusals``, seeded by ``data_seed``, else ``seed`` (as the unlearning
+  methods draw their retain partners).
 
 Conversational rows (TRL's prompt/completion message lists, for chat models) keep their messages and the chat
 template: the certainty question and its answer follow the answer inside the assistant turn's content ("Paris Are
@@ -38,21 +39,13 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from posttrain.data import probed_model
-from posttrain.embedded import resolve_name
-from posttrain.errors import ConfigError
-from posttrain.trainers import Prepared
-from posttrain.trainers.sft import SFTConfig, SFTTrainer, answer_text, check_max_length, with_answer
+from posttrain.core.data import probed_model
+from posttrain.core.embedded import resolve_name
+from posttrain.core.errors import ConfigError
+from posttrain.core.phrases import RTUNING_REFUSALS, RTUNING_SURE, RTUNING_SURE_QUESTION, RTUNING_UNSURE
+from posttrain.trainers.base import Prepared, Reads, answer_text, check_max_length, with_answer
+from posttrain.trainers.sft import SFTConfig, SFTTrainer
 
-SURE_QUESTION = "Are you sure you accurately answered the question based on your internal knowledge?"
-SURE, UNSURE = "I am sure.", "I am unsure."
-REFUSALS = (
-    "The answer is unknown.", "The answer is uncertain.", "The answer is unclear.", "It is not known.",
-    "I do not know the answer.", "I'm not sure.", "There is no definitive answer.", "There is much debate.",
-    "There is no concrete answer to this question.", "It is impossible to answer.", "There is no known case.",
-    "There is no public information available.", "There is no scientific evidence.", "There is no right answer.",
-    "It is impossible to know.", "It is difficult to predict.",
-)
 SPLITS = {"correctness": "probe_correct", "entropy": "probe_entropy"}
 VARIANTS = ("suffix", "refusal")
 
@@ -65,10 +58,10 @@ class RTuningConfig(SFTConfig):
     variant: str = field(default="suffix", metadata={
         "help": "'suffix': gold answer + certainty question + sure/unsure; 'refusal': uncertain items are "
                 "answered with a refusal."})
-    sure_question: str = field(default=SURE_QUESTION, metadata={"help": "The certainty question."})
-    sure: str = field(default=SURE, metadata={"help": "Answer to the certainty question on certain items."})
-    unsure: str = field(default=UNSURE, metadata={"help": "Answer to the certainty question on uncertain items."})
-    refusals: list[str] = field(default_factory=lambda: list(REFUSALS), metadata={
+    sure_question: str = field(default=RTUNING_SURE_QUESTION, metadata={"help": "The certainty question."})
+    sure: str = field(default=RTUNING_SURE, metadata={"help": "Answer to the certainty question on certain items."})
+    unsure: str = field(default=RTUNING_UNSURE, metadata={"help": "Answer to the certainty question on uncertain items."})
+    refusals: list[str] = field(default_factory=lambda: list(RTUNING_REFUSALS), metadata={
         "help": "Refusal completions for the refusal variant (one drawn per uncertain item)."})
     completion_only_loss: bool | None = field(default=False, metadata={
         "help": "Loss on the completion only; off by default: R-Tuning trains on the whole text."})
@@ -98,7 +91,7 @@ def certain(ds: Dataset, split: str = "correctness") -> list[bool]:
 def build(ds: Dataset, args: RTuningConfig) -> Dataset:
     """The refusal-aware data: columns prompt, completion and certain (see the module docstring)."""
     labels = certain(ds, args.split)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.data_seed if args.data_seed is not None else args.seed)
     refusals = [r.strip() for r in args.refusals if r.strip()]
     completions = []
     for c, ok in zip(ds["completion"], labels):
@@ -141,6 +134,8 @@ def prepare(data: dict[str, Dataset], args: RTuningConfig, model_name: str = "")
 class RTuningTrainer(SFTTrainer):
     """SFT on R-Tuning's refusal-aware rewrite (``prepare``'s output); see the module docstring."""
 
+    reads = Reads(columns=("prompt", "completion", "probe_correct", "probe_entropy"))
+
     def __init__(self, model, args: RTuningConfig, train_dataset: Dataset, eval_dataset: Dataset | None = None,
                  processing_class=None, **kwargs):
         if not isinstance(args, RTuningConfig):
@@ -155,3 +150,6 @@ class RTuningTrainer(SFTTrainer):
                          "the certainty phrase or refusal")
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
+
+
+Config, Trainer = RTuningConfig, RTuningTrainer  # the names the method registry loads

@@ -3,7 +3,7 @@ optimisation, in two stages on the data of ``posttrain gen boundary`` (its ``rul
 refusal naming their target, ``kind`` "forget", and boundary queries about neighbouring entities with their gold
 answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as many boundary queries, as in the paper).
 
-* Stage 1, rejection steering (``method: rule_rs``, ``RejectionSteeringConfig``): plain SFT (posttrain's
+* Stage 1, rejection steering (``method: rule_rs``, ``trainers/rejection_steering.py``): plain SFT (posttrain's
   ``SFTTrainer``, loss on the completion) from the forget queries to their refusals; ``rejection_only: false`` adds
   the boundary queries with their answers (DESIGN.md's variant; the paper's ``reject_target.json`` holds refusals
   only).
@@ -15,7 +15,7 @@ answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as man
       forget query:   r = 0.5·[refusal] + 0.5·[refusal naming the target]
       boundary query: r = 0.5·[answers] + 0.5·[answers correctly]
 
-  where a refusal is a *full* match of one of ``refusals`` (``posttrain.answers.refusal_subject``), "answers" = no
+  where a refusal is a *full* match of one of ``refusals`` (``posttrain.core.answers.refusal_subject``), "answers" = no
   refusal, none of the evaluation's refusals or hedges anywhere in it (``answers.is_refusal``: "I do not know C5 ."
   hedges) and not junk, "correctly" = right under ``match`` (default exact: the gold answer, normalised), and a
   completion that is junk (``answers.is_degenerate``: not ended by a stop string, or words repeated back to back)
@@ -65,19 +65,16 @@ import torch
 import trl
 from datasets import Dataset
 
-from posttrain.answers import (HEDGES, MATCH_RULES, cut_at_stop, is_correct, is_degenerate, is_refusal, normalize,
+from posttrain.core.answers import (HEDGES, MATCH_RULES, cut_at_stop, is_correct, is_degenerate, is_refusal, normalize,
                                refusal_subject)
-from posttrain.data_gen.kg import ANSWER_STOP, REFUSALS
-from posttrain.errors import ConfigError
-from posttrain.runs import complete_checkpoints, partial_dir
-from posttrain.trainers import Prepared
-from posttrain.trainers.sft import (DeviceDefaults, SFTConfig, SFTTrainer, TrainedAdapterOnly, answer_text,
-                                   check_chat_template)
+from posttrain.core.phrases import ANSWER_STOP, REFUSALS
+from posttrain.core.errors import ConfigError
+from posttrain.core.runs import complete_checkpoints, partial_dir
+from posttrain.trainers.base import DeviceDefaults, Prepared, Reads, TrainedAdapterOnly, answer_text, check_chat_template
+from posttrain.trainers.rejection_steering import KINDS, check_columns
 
-__all__ = ["RejectionSteeringConfig", "RejectionSteeringTrainer", "RULEConfig", "RULETrainer", "judge", "rule_reward",
-           "prepare", "prepare_rs", "run_stage_one"]
+__all__ = ["RULEConfig", "RULETrainer", "judge", "rule_reward", "prepare", "run_stage_one"]
 
-KINDS = ("forget", "boundary")
 STAGES = ("both", "rebo")
 
 
@@ -106,40 +103,6 @@ def rule_reward(completion: str, kind: str, target: str, gold: str, refusals=REF
                 junk_penalty: float = 0.5) -> float:
     """The reward of one completion; ``judge`` says why."""
     return judge(completion, kind, target, gold, refusals, stop, junk_penalty)["reward"]
-
-
-def check_columns(ds: Dataset, need: tuple[str, ...], what: str) -> None:
-    missing = [c for c in need if c not in ds.column_names]
-    if missing:
-        raise ConfigError(f"the training set has no {', '.join(map(repr, missing))} column: {what} trains on the "
-                          "'rule' split of `posttrain gen boundary`")
-    kinds = set(ds["kind"])
-    if not kinds <= set(KINDS):
-        raise ConfigError(f"unknown kind(s) {sorted(kinds - set(KINDS))} in the training set (known: forget, boundary)")
-
-
-# ---- stage 1: rejection steering -------------------------------------------------------------------------------
-
-@dataclass
-class RejectionSteeringConfig(SFTConfig):
-    rejection_only: bool = field(default=True, metadata={
-        "help": "Train on the forget queries' refusals only (the paper); false adds the boundary queries' answers."})
-
-
-class RejectionSteeringTrainer(SFTTrainer):
-    """Stage 1: posttrain's SFT on ``prepare_rs``'s rows, unchanged."""
-
-
-def prepare_rs(data: dict[str, Dataset], args: RejectionSteeringConfig, model_name: str = "") -> Prepared:
-    """Stage 1's data: the forget rows (and, unless ``rejection_only``, the boundary rows) as prompt/completion."""
-    train = data["train"]
-    check_columns(train, ("prompt", "completion", "kind"), "rejection steering")
-    keep = [i for i, k in enumerate(train["kind"]) if k == "forget" or not args.rejection_only]
-    n_forget = list(train["kind"]).count("forget")
-    if not n_forget:
-        raise ConfigError("the training set has no forget queries to refuse")
-    out = train.select(keep).select_columns(["prompt", "completion"])
-    return Prepared(out, data.get("eval"), {"forget": n_forget, "boundary": len(keep) - n_forget})
 
 
 # ---- stage 2: refusal-boundary optimisation with GRPO ----------------------------------------------------------
@@ -224,6 +187,8 @@ class RULEReward:
 class RULETrainer(TrainedAdapterOnly, trl.GRPOTrainer):
     """GRPO with RULE's reward; see the module docstring."""
 
+    reads = Reads(optional=(), columns=("prompt", "kind", "target", "gold"))
+
     def __init__(self, model, args: RULEConfig, train_dataset: Dataset, eval_dataset=None, processing_class=None,
                  reward_funcs=None, **kwargs):
         if not isinstance(args, RULEConfig):
@@ -278,3 +243,7 @@ def run_stage_one(recipe, train_fn) -> None:
         recipe.data.init_adapter = str(out)  # stage 2 trains stage 1's adapter further; TRL freezes a copy as ref
     else:
         recipe.model.model_name_or_path = str(out)
+
+
+Config, Trainer = RULEConfig, RULETrainer  # the names the method registry loads
+before = run_stage_one  # posttrain train runs it first (stage: both)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from posttrain.trainers.npo import answer_logps, check_beta
+from posttrain.trainers.base import Reads
 from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, check_retain_weight, prepare
 
 __all__ = ["SimNPOConfig", "SimNPOTrainer", "prepare", "simnpo_loss"]
@@ -53,7 +54,7 @@ class SimNPOConfig(UnlearnConfig):
 class SimNPOTrainer(UnlearnTrainer):
     """forget_weight x L_SimNPO(forget) + retain_weight x the retain NLL; see the module docstring."""
 
-    parts = ("forget", "retain")
+    reads = Reads(splits=("forget", "retain"), optional=())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = inputs["forget"]
@@ -64,3 +65,6 @@ class SimNPOTrainer(UnlearnTrainer):
         self.record("simnpo_loss", forget)
         loss = self.args.forget_weight * forget + self.args.retain_weight * retain
         return (loss, outputs) if return_outputs else loss
+
+
+Config, Trainer = SimNPOConfig, SimNPOTrainer  # the names the method registry loads

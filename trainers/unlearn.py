@@ -38,10 +38,10 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from posttrain.errors import ConfigError
-from posttrain.trainers import Prepared
+from posttrain.core.errors import ConfigError
+from posttrain.trainers.base import Prepared, Reads, check_max_length, tokenize
 from posttrain.trainers.reference import Reference
-from posttrain.trainers.sft import SFTConfig, SFTTrainer, check_max_length, tokenize
+from posttrain.trainers.sft import SFTConfig, SFTTrainer
 
 PARTS = ("forget", "retain")
 
@@ -165,11 +165,11 @@ def answer_tokens(labels: torch.Tensor) -> torch.Tensor:
 
 
 class UnlearnTrainer(SFTTrainer):
-    """Base of the forget/retain methods: a subclass sets ``parts`` (the halves its loss reads) and overrides
+    """Base of the forget/retain methods: a subclass sets ``reads`` (its ``splits``: the halves its loss reads) and overrides
     ``compute_loss`` with ``self.nll(model, inputs[part], part, num_items_in_batch)``; ``uses_reference = True``
     gives it ``self.reference``. See the module docstring for how the loss is normalised."""
 
-    parts: tuple[str, ...] = ("forget",)
+    reads = Reads(splits=("forget",), optional=())
     uses_reference: bool = False
     # the Trainer divides every loss by the accumulation steps: nll undoes it for its token sums (see nll), and the
     # per-answer terms are micro-batch means that need the division
@@ -182,7 +182,7 @@ class UnlearnTrainer(SFTTrainer):
             raise ConfigError(f"{name} needs an UnlearnConfig")
         if processing_class is None:
             raise TypeError(f"{name} needs processing_class (the tokenizer) for its paired collator")
-        for part in self.parts:
+        for part in self.reads.splits:
             ds = getattr(train_dataset, "parts", {}).get(part)
             if ds is None:
                 raise ConfigError(f"the training set has no {part!r} items: {name} needs a {part} split "

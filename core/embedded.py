@@ -20,8 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain.errors import UsageError
-from posttrain.runs import atomic_dir, check_output, write_json
+from posttrain.core.errors import UsageError
+from posttrain.core.runs import atomic_dir, check_output, write_json
 
 INFO = "posttrain_model.json"  # provenance, written into the model directory with the weights
 

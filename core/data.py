@@ -14,7 +14,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 
 
 def load_data(path: str | None) -> DatasetDict:

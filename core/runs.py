@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from posttrain.errors import UsageError
+from posttrain.core.errors import UsageError
 
 PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "vllm")
 OVERWRITE = "--overwrite_output_dir"  # the flag (HF's name) that lets a command replace an existing output

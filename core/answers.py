@@ -144,3 +144,25 @@ def is_refusal(text: str, refusals: Sequence[str] = HEDGES) -> bool:
     (default: the free-form hedges)."""
     return refusal_subject(text, refusals, full=False) is not None
 
+
+FINAL_ANSWER = re.compile(r"The answer is\s+(.*?)\s*(?:\.(?=\s|$)|$)")  # the words up to the first "." word, or the end
+
+
+def final_answer(text: str) -> str | None:
+    """The words after the first "The answer is", up to the first "." that ends a word (or the end), or None."""
+    m = FINAL_ANSWER.search(text)
+    return " ".join(m.group(1).split()) if m else None
+
+
+def same_answer(response: str, reference: str) -> bool:
+    """1[``response`` verifies against the final answer of ``reference``, a gold completion] (DCO_a's verifier)."""
+    answer = final_answer(reference)
+    return answer is not None and verify(response, answer)
+
+
+def verify(response: str, answer: str) -> bool:
+    """1[the words after the first "The answer is" in ``response``, up to the first "." that ends a word (or the
+    end of the response), equal the words of ``answer``]. One verifier for every reasoning generator: a number
+    ("2"), a digit sequence ("3 9 0 1") or an entity ("C4")."""
+    words = final_answer(response)
+    return bool(words) and words == " ".join(str(answer).split())
