@@ -11,7 +11,7 @@ Real model (``--real``, or ``--model smollm2-135m-instruct``: an embedded model'
 ``target_modules="all-linear"``, the config built from TRL's ``ModelConfig`` as ``posttrain train`` builds it) by
 ``peft.get_peft_model``, one fresh wrapped model per run; conversational prompt/completion rows (world capital
 questions under the template's default system turn and their one-sentence answers, ~45-55 tokens), tokenised for
-the plain loop as TRL's SFT tokenises them (``posttrain.trainers.sft.tokenize``: loss on the assistant turn only),
+the plain loop as TRL's SFT tokenises them (``posttrain.trainers.base.tokenize``: loss on the assistant turn only),
 lr 1e-4; defaults --steps 5 --warmup 1 --rounds 2 --batch 16 (~10 s a step on 2 cores). Ends with
 `RESULT model=<name> trainer_over_plain=<x>`.
 
@@ -49,7 +49,7 @@ class StepTimer(TrainerCallback):
 
 
 def batches(tok, ds, batch: int):
-    """Prompt/completion rows as TRL's SFT tokenises them (``sft.tokenize``: prompt + completion + EOS, or for
+    """Prompt/completion rows as TRL's SFT tokenises them (``base.tokenize``: prompt + completion + EOS, or for
     conversational rows the chat template; loss on the completion / assistant turn), right-padded: what TRL's SFT
     collator builds."""
     out = []

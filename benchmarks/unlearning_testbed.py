@@ -14,8 +14,9 @@ Per pair:
   splits;
 * a retain-only model: the base recipe on the graph's corpus without any row about a forget fact (forget quality's
   reference, TOFU's "retain model");
-* every method setting: ``posttrain train`` (RULE: ``rule/testbed.yaml``, both stages; the baselines:
-  ``unlearn/<m>.yaml`` on the graph's forget and retain splits), then ``posttrain eval --suite forgetting`` on
+* every method setting: ``posttrain train`` (RULE: the pipeline ``rule/testbed.yaml``, both stages, a setting's
+  training flags going to its GRPO stage, ``--rebo.KEY``; the baselines: ``unlearn/<m>.yaml`` on the graph's forget
+  and retain splits), then ``posttrain eval --suite forgetting`` on
   ``forget_heldout`` (forget queries RULE never trained on), ``boundary`` (the graph's, held out of RULE's boundary
   queries), ``retain`` and ``forget`` (for forget quality against the retain-only model and MIA).
 
@@ -128,10 +129,11 @@ def run_pair(k: int, base: str, kg: str, settings: list[str], out: Path) -> dict
         method, gen, train_flags = flags(setting)
         run = pair / slug(setting)
         if not (run / "run.json").is_file():
-            if method in RECIPES:
+            if method in RECIPES:  # RULE's settings are its GRPO stage's (rebo); the shared keys reach both
+                rebo = [f"--rebo.{x[2:]}" if x.startswith("--") else x for x in train_flags]
                 posttrain("train", RECIPES[method], "--model_name_or_path", base, "--dataset_path",
                           data_dirs[tuple(gen)], "--output_dir", run, "--seed", seed, "--overwrite_output_dir", "true",
-                          *train_flags)
+                          *rebo)
             else:
                 posttrain("train", f"unlearn/{method}.yaml", "--model_name_or_path", base, "--dataset_path", kg,
                           "--output_dir", run, "--seed", seed, "--overwrite_output_dir", "true", *train_flags)

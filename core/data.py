@@ -64,8 +64,9 @@ def load_eval_data(spec: str, columns: dict[str, str] | None = None) -> DatasetD
     * a saved ``Dataset`` directory, or a ``.jsonl``, ``.json`` (JSON lines or an array of records), ``.csv`` or
       ``.parquet`` file: one split, named after the directory or the file's stem;
     * a directory of such files: one split per file, named after its stem;
-    * ``NAME=PATH[,NAME=PATH...]``, each PATH a file or a saved Dataset: those splits (the forgetting suite treats
-      the one named ``forget`` specially), e.g. ``forget=tofu/forget10.json,retain=tofu/retain90.json``.
+    * ``NAME=PATH[,NAME=PATH...]``, each PATH a file or a saved Dataset: those splits (the forgetting suite's roles
+      are named by its ``forget_split`` and ``holdout_split``), e.g.
+      ``forget=tofu/forget10.json,retain=tofu/retain90.json``.
 
     Columns, per split: ``columns`` ({target: source}) copies each source column to its target (the source stays).
     A split with ``question`` and ``answer`` but neither ``prompt`` nor ``completion`` is TOFU-shaped and gets

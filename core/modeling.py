@@ -128,6 +128,39 @@ def adapter_base(path: str) -> str | None:
     return json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
 
 
+MODULE_SETTINGS = ("target_modules", "modules_to_save", "target_parameters")  # LoraConfig's lists of names
+
+
+def linear_layers(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None) -> set[str]:
+    """What PEFT's ``all-linear`` targets in a model: the last name components of its linear layers but the output
+    layer, found from its config alone (the model built on the meta device: no weights read)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_name(name_or_path), trust_remote_code=trust_remote_code,
+                                        revision=revision)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    head = model.get_output_embeddings()
+    return {n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)
+            and mod is not head}
+
+
+def adapter_differs(path: str, settings: dict, all_linear=None) -> dict:
+    """Of the LoRA ``settings`` (PEFT ``LoraConfig`` names -> values), those the adapter saved at ``path`` was not
+    made with, each with the adapter's own value (a list of modules as its names' sorted last components). Lists of
+    modules are compared by those (``q_proj``); ``all-linear`` is ``all_linear()`` (``linear_layers`` of the base
+    model); any other string (a regex) as it is written."""
+    saved = json.loads((Path(path) / "adapter_config.json").read_text())
+
+    def names(value):
+        if value == "all-linear" and all_linear is not None:
+            return set(all_linear())
+        return {value} if isinstance(value, str) else {str(n).rsplit(".", 1)[-1] for n in value or ()}
+
+    return {k: sorted(names(saved.get(k))) if k in MODULE_SETTINGS else saved.get(k) for k, v in settings.items()
+            if (names(v) != names(saved.get(k)) if k in MODULE_SETTINGS else v != saved.get(k))}
+
+
 def load_frozen(path: str, dtype: str | None = "float32", trust_remote_code: bool = False):
     """A model for inference only, without gradients, in eval mode: a model directory, or a LoRA run directory
     loaded on the base model its adapter config names and merged into it (one plain forward per call)."""

@@ -29,7 +29,6 @@ multi-hop included).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np

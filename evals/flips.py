@@ -18,6 +18,8 @@ Two kinds of split:
   negative flips; no ``rouge_*`` (MUSCLE scores similarity flips for generative tasks only).
 
 The two kinds carry the same metric names, so callers read them alike; each sample says its split's ``kind``.
+Mistake severity needs the testbed's knowledge graph (its ``seen`` / ``unseen`` splits with the fact columns,
+``graph_splits``) and the split's ``entity``, ``answer`` and ``answer_type``; other data gets no ``nf_*``.
 """
 
 from __future__ import annotations
@@ -41,16 +43,21 @@ HIGHER_IS_BETTER = {"candidate_exact_match": True, "reference_exact_match": True
 COLUMNS = ("prompt",)  # and a generative split's completion, or a multiple-choice split's choices and gold
 SEVERITY_COLUMNS = ("entity", "answer", "answer_type")  # the testbed's: mistake severity needs the graph
 GRAPH_SPLITS = ("seen", "unseen")  # the QA splits whose facts make the knowledge graph
+FACT_COLUMNS = ("fact_id", "entity", "entity_type", "answer", "answer_type")
+
+
+def graph_splits(dd: DatasetDict) -> list[str]:
+    """The testbed's QA splits present with the fact columns: a user's own split named ``seen`` or ``unseen``
+    (prompt and completion only) holds no graph, and the suite then reports no mistake severity."""
+    return [s for s in GRAPH_SPLITS if s in dd and set(FACT_COLUMNS) <= set(dd[s].column_names)]
 
 
 def _facts(dd: DatasetDict) -> list[dict]:
-    """The fact rows (fact_id, entity, entity_type, answer, answer_type) of the QA splits, one per fact_id."""
+    """The fact rows (``FACT_COLUMNS``) of the QA splits (``graph_splits``), one per fact_id."""
     facts = {}
-    for s in GRAPH_SPLITS:
-        if s in dd:
-            cols = dd[s].select_columns(["fact_id", "entity", "entity_type", "answer", "answer_type"])
-            for row in cols:
-                facts.setdefault(row["fact_id"], row)
+    for s in graph_splits(dd):
+        for row in dd[s].select_columns(list(FACT_COLUMNS)):
+            facts.setdefault(row["fact_id"], row)
     return list(facts.values())
 
 
@@ -162,7 +169,7 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         if "completion" not in dd[s].column_names:
             raise UsageError(f"split {s!r} has neither a completion column (generative) nor choices and gold "
                              "(multiple-choice)")
-    graph = (entity_types(dd), *graph_distances(dd)) if any(s in dd for s in GRAPH_SPLITS) else None
+    graph = (entity_types(dd), *graph_distances(dd)) if graph_splits(dd) else None
     answered = {}
     if gen:
         cand = greedy_answers(engine, dd, gen, limit, max_tokens, stop)

@@ -16,11 +16,21 @@ a_<t) the mean token NLL of answer a to question q:
   1/TR_i) (the forget split's ``truth_ratio``) and ``truth_ratio_true_better`` = mean_i max(0, 1 - TR_i) (the other
   splits');
 * ``forget_quality`` (forget split) = p-value of the two-sample KS test between the forget split's TRs and those of
-  a retain-only model read from ``retain_logs`` (an earlier ``posttrain eval`` output), question by question
-  (matched by ``fact_id``, or by prompt where the data has none); NaN without it; no standard error (a p-value);
-* ``mia_auc`` = ROC AUC of telling the ``unseen`` facts (never in pretraining: non-members) from the split's facts
+  a retain-only model read from ``retain_logs`` (an earlier ``posttrain eval`` output: its samples of the split of
+  the same name), question by question (matched by ``fact_id``, or by prompt where the data has none); NaN without
+  it; no standard error (a p-value);
+* ``mia_auc`` = ROC AUC of telling the holdout split's facts (never trained on: non-members) from the split's facts
   (members) by the min-k% prob score of the gold answer, -mean of its lowest 40% token log-probs (Shi et al., arXiv
-  2310.16789); 0.5 = no trace of training (and on ``unseen`` itself), NaN when the data has no ``unseen`` split.
+  2310.16789); 0.5 = no trace of training (and on the holdout split itself), NaN when the data has no holdout split.
+  The holdout split need not be among the evaluated splits; only its prompts and completions are read.
+
+Two splits have roles, named by ``forget_split`` (``--forget_split``, default ``forget``) and ``holdout_split``
+(``--holdout_split``, default ``unseen``, the testbed's; TOFU's is e.g. ``holdout``): the forget split gets
+``forget_quality`` and the ``closer_to_1`` truth ratio, the holdout split's facts are the non-members. A role named
+by the user must be used, else a one-line error: a named forget split must be among the evaluated splits, a named
+holdout split in the data, and ``retain_logs`` needs the forget split evaluated. The roles are recorded with the
+suite's options in ``results.json``. Every answer scored (completion, paraphrased and perturbed answers, the
+holdout split's completions) must be non-blank, ``perturbed_answers`` a non-empty list: one line otherwise.
 
 Every mean over questions carries a ``_stderr`` (sample standard error; the truth-ratio aggregates are means of
 per-question values too); ``mia_auc`` a bootstrap one (members and non-members resampled independently).
@@ -33,6 +43,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
+from posttrain.core.data import split
 from posttrain.core.phrases import ANSWER_STOP
 from posttrain.core.errors import UsageError
 from posttrain.evals import metrics
@@ -48,7 +59,7 @@ HIGHER_IS_BETTER = {"exact_match": None, "refusal_rate": None, "empty_rate": Fal
                     "truth_ratio": None, "truth_ratio_closer_to_1": None, "truth_ratio_true_better": None,
                     "forget_quality": True, "mia_auc": None}  # lower on the forget split, higher on the others
 MIN_K = 0.4
-NONMEMBERS = "unseen"
+FORGET, HOLDOUT = "forget", "unseen"  # the default names of the forget split and of the holdout (non-member) split
 
 
 def question_key(row: dict) -> str:
@@ -56,8 +67,8 @@ def question_key(row: dict) -> str:
     return str(row["fact_id"]) if row.get("fact_id") is not None else row["prompt"]
 
 
-def retain_truth_ratios(retain_logs: str | Path) -> dict[str, float]:
-    """Question key -> truth ratio of the forget split in a retain-only model's eval output (its
+def retain_truth_ratios(retain_logs: str | Path, forget_split: str = FORGET) -> dict[str, float]:
+    """Question key -> truth ratio of the split ``forget_split`` in a retain-only model's eval output (its
     ``samples.jsonl``)."""
     path = Path(retain_logs)
     path = path if path.is_file() else path / "samples.jsonl"
@@ -65,9 +76,9 @@ def retain_truth_ratios(retain_logs: str | Path) -> dict[str, float]:
         raise UsageError(f"retain logs not found: {path} (give the output directory of `posttrain eval`)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     ratios = {question_key(r): r["truth_ratio"] for r in rows
-              if r.get("suite") == "forgetting" and r.get("split") == "forget"}
+              if r.get("suite") == "forgetting" and r.get("split") == forget_split}
     if not ratios:
-        raise UsageError(f"retain logs {path} hold no forgetting-suite samples of the forget split")
+        raise UsageError(f"retain logs {path} hold no forgetting-suite samples of the forget split {forget_split!r}")
     return ratios
 
 
@@ -84,6 +95,47 @@ def matched_ratios(reference: dict[str, float], rows, retain_logs) -> list[float
     return [reference[k] for k in keys]
 
 
+def check(dd: DatasetDict, splits: list[str], limit: int | None = None, forget_split: str = FORGET,
+          holdout_split: str = HOLDOUT, retain_logs: str | Path | None = None, named: tuple[str, ...] = ()):
+    """Bad input as one line, before any model work; returns the retain model's truth ratios of the forget
+    questions in their order (None without ``retain_logs``). ``named``: the roles the user named (``forget_split``,
+    ``holdout_split``), each of which must be used (a named forget split among ``splits``, a named holdout split in
+    ``dd``); ``retain_logs`` needs the forget split among ``splits``; every answer scored must be non-blank."""
+    evaluated = ", ".join(splits)
+    if "forget_split" in named and forget_split not in splits:
+        raise UsageError(f"--forget_split {forget_split!r} is not among the evaluated splits ({evaluated}); the data "
+                         f"has: {', '.join(dd)}")
+    if "holdout_split" in named and holdout_split not in dd:
+        raise UsageError(f"--holdout_split {holdout_split!r} is not a split of the data (it has: {', '.join(dd)})")
+    reference = None
+    if retain_logs is not None:
+        if forget_split not in splits:
+            raise UsageError(f"--retain_logs scores the forget split {forget_split!r}, which is not among the "
+                             f"evaluated splits ({evaluated}); name yours with --forget_split")
+        reference = matched_ratios(retain_truth_ratios(retain_logs, forget_split),
+                                   first_rows(dd, [forget_split], limit)[forget_split], retain_logs)
+    rows = first_rows(dd, splits, limit)
+    for s in splits:
+        check_answers(s, rows[s], COLUMNS[1:])
+    if holdout_split in dd:
+        split(dd, holdout_split, ("prompt", "completion"))
+        check_answers(holdout_split, first_rows(dd, [holdout_split], limit)[holdout_split], ("completion",))
+    return reference
+
+
+def check_answers(name: str, ds, columns: tuple[str, ...]) -> None:
+    """Each row's answers in ``columns`` (``perturbed_answers``: a non-empty list of them) are non-blank: an answer
+    is scored by its mean token NLL, which an answer of no tokens does not have."""
+    for column in columns:
+        for i, value in enumerate(ds[column]):
+            if column == "perturbed_answers" and (not isinstance(value, list) or not value):
+                raise UsageError(f"split {name!r}, row {i}: perturbed_answers must be a list of at least one answer, "
+                                 f"got {value!r}")
+            if any(not isinstance(v, str) or not v.strip() for v in (value if isinstance(value, list) else [value])):
+                raise UsageError(f"split {name!r}, row {i}: an empty {column} (each answer is scored by its mean "
+                                 "token log-probability: give it some text)")
+
+
 def score_groups(engine, prompts: list[str], groups: list[list[str]]) -> list[list[list[float]]]:
     """Per-token log-probs of every continuation in ``groups[i]`` after ``prompts[i]``, from one engine.score call."""
     flat = iter(engine.score([p for p, g in zip(prompts, groups) for _ in g], [c for g in groups for c in g]))
@@ -97,15 +149,16 @@ def nll(token_logprobs: list[float]) -> float:
 
 def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = None, max_tokens: int = 24,
              stop=ANSWER_STOP, refusals=metrics.DEFAULT_REFUSALS, retain_logs: str | Path | None = None,
-             match: str = "exact", bootstrap_iters: int = 1000, seed: int = 0) -> tuple[dict, list[dict]]:
+             forget_split: str = FORGET, holdout_split: str = HOLDOUT, match: str = "exact",
+             bootstrap_iters: int = 1000, seed: int = 0) -> tuple[dict, list[dict]]:
     """Results per split (``n``, ``exact_match``, ``refusal_rate``, ``rouge_l_recall``, ``answer_prob``,
     ``truth_ratio`` with both aggregates, ``forget_quality``, ``mia_auc``, with standard errors) and one sample per
-    question. One engine.generate call and one engine.score call for all splits and the non-member questions."""
-    reference = retain_truth_ratios(retain_logs) if retain_logs is not None else None
+    question. One engine.generate call and one engine.score call for all splits and the non-member questions (the
+    ``holdout_split``'s); ``forget_split`` is the split compared with ``retain_logs``. Bad input (``check``) raises
+    a ``UsageError`` before any engine call."""
+    reference = check(dd, splits, limit, forget_split, holdout_split, retain_logs)
     answered = greedy_answers(engine, dd, splits, limit, max_tokens, stop)
-    if reference is not None and "forget" in answered:
-        reference = matched_ratios(reference, answered["forget"][0], retain_logs)
-    nonmembers = first_rows(dd, [NONMEMBERS], limit)[NONMEMBERS] if NONMEMBERS in dd else None
+    nonmembers = first_rows(dd, [holdout_split], limit)[holdout_split] if holdout_split in dd else None
     prompts, groups = [], []
     for ds, _ in answered.values():
         prompts += ds["prompt"]
@@ -134,12 +187,12 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         ratios = [metrics.truth_ratio(nll(lp[1]), [nll(x) for x in lp[2:]]) for lp in per_split[s]]
         min_k = [metrics.min_k_prob_score(lp[0], MIN_K) for lp in per_split[s]]
         closer, better = metrics.truth_ratio_items(ratios).values()
-        quality = metrics.forget_quality(ratios, reference) if s == "forget" and reference else float("nan")
+        quality = metrics.forget_quality(ratios, reference) if s == forget_split and reference else float("nan")
         r = {"n": len(ds)}
         for name, values in (("exact_match", correct), ("refusal_rate", refused), ("empty_rate", j["empty"]),
                              ("wrong_rate", wrong),
                              ("junk_rate", junk), ("rouge_l_recall", rouge),
-                             ("answer_prob", prob), ("truth_ratio", closer if s == "forget" else better),
+                             ("answer_prob", prob), ("truth_ratio", closer if s == forget_split else better),
                              ("truth_ratio_closer_to_1", closer), ("truth_ratio_true_better", better)):
             r.update(metrics.mean_with_stderr(name, values))
         r.update(metrics.mean_with_stderr("named_refusal_rate", named) if named is not None

@@ -230,11 +230,28 @@ def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], c
 
 
 def _load(run: str) -> dict:
+    """An eval output's ``results.json`` (``run`` is the file, its directory or a run holding ``eval/``); a one-line
+    error unless it is JSON with ``results``: ``suite/split`` -> a dict of metrics."""
     p = Path(run)
     for f in (p / "results.json", p / "eval" / "results.json", p):
         if f.is_file():
-            return json.loads(f.read_text())
+            try:
+                doc = json.loads(f.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                doc = None
+            results = doc.get("results") if isinstance(doc, dict) else None
+            if not isinstance(results, dict) or not all(isinstance(k, str) and "/" in k and isinstance(v, dict)
+                                                        for k, v in results.items()):
+                raise UsageError(f"{f} is not a `posttrain eval` results file (no results by suite/split)")
+            return doc
     raise UsageError(f"no eval results (results.json) in {run}")
+
+
+def forget_split(doc: dict) -> str:
+    """The forget split an eval output's forgetting suite ran with (``--forget_split``, in its ``configs``)."""
+    configs = doc.get("configs")
+    options = configs.get("forgetting", {}).get("options", {}) if isinstance(configs, dict) else {}
+    return options.get("forget_split", "forget") if isinstance(options, dict) else "forget"
 
 
 def labels(runs: list[str]) -> list[str]:
@@ -267,9 +284,11 @@ def compare(runs: list[str], output: str, overwrite: bool = False) -> str:
     if len(runs) > 1 and (diff := differences(by_suite, list(runs))):
         parts.append(diff)
     with atomic_dir(output) as tmp:
-        forgetting = {label: (res["retain"]["exact_match"], res["forget"]["exact_match"])
-                      for label, res in zip(labels(list(by_suite.get("forgetting", {}))),
-                                            by_suite.get("forgetting", {}).values()) if {"forget", "retain"} <= set(res)}
+        forgetting, per_run = {}, by_suite.get("forgetting", {})
+        for label, (run, res) in zip(labels(list(per_run)), per_run.items()):
+            points = [res.get(s, {}).get("exact_match") for s in ("retain", forget_split(docs[run]))]
+            if all(isinstance(v, (int, float)) for v in points):
+                forgetting[label] = tuple(points)
         if forgetting:
             forget_retain_scatter(tmp / "forget_vs_retain.png", forgetting, "exact match")
             parts.append("![forget vs retain](forget_vs_retain.png)")
@@ -278,8 +297,8 @@ def compare(runs: list[str], output: str, overwrite: bool = False) -> str:
         if curves:
             pass_at_k_curve(tmp / "pass_at_k.png", curves)
             parts.append("![pass@k](pass_at_k.png)")
-        bins = {run: (res.get("all") or next(iter(res.values())))["reliability_answer"]
-                for run, res in by_suite.get("hallucination", {}).items()}
+        bins = {run: b for run, res in by_suite.get("hallucination", {}).items()
+                if (b := (res.get("all") or next(iter(res.values()))).get("reliability_answer"))}
         if bins:
             reliability_diagram(tmp / "reliability.png", bins)
             parts.append("![reliability](reliability.png)")

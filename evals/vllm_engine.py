@@ -87,8 +87,6 @@ class VLLMEngine:
         self.llm = LLM(model=model, tokenizer=model, seed=seed, trust_remote_code=trust_remote_code, **self.settings)
         self._one_by_one = bool(lora) and self.device == "cpu"
         self.progress = progress
-        # vLLM's own bars ("Rendering prompts", "Processed prompts"), cleared when done as the HF engine's are
-        self._tqdm = partial(bar, leave=False) if progress else False
         self._adapters = {a: i + 1 for i, a in enumerate(adapters)}
 
     def _requests(self, adapter: Adapter, n: int) -> list:
@@ -100,6 +98,22 @@ class VLLMEngine:
                 raise ValueError(f"adapter {a} was not declared when the vLLM engine started")
             out.append(None if a is None else LoRARequest(f"adapter{self._adapters[a]}", self._adapters[a], a))
         return out
+
+    def _tqdm(self):
+        """vLLM's ``use_tqdm``: its own bars ("Rendering prompts", "Processed prompts") drawn by ``bar``, cleared when
+        done as the HF engine's are; False when bars are off (``progress`` False, or ``TQDM_DISABLE`` set to a
+        non-empty value, which tqdm reads as true): vLLM divides by a bar's elapsed time, 0 on a disabled one."""
+        return partial(bar, leave=False) if self.progress and not os.environ.get("TQDM_DISABLE") else False
+
+    def _encode(self, prompts) -> list[list[int]]:
+        """The prompts' token ids; a prompt of no tokens (an empty one, for a tokenizer that adds no BOS) is a
+        one-line error: vLLM refuses it, and nothing conditions a continuation's first token."""
+        token_ids = self.tok(list(prompts))["input_ids"]
+        for i, ids in enumerate(token_ids):
+            if not ids:
+                raise UsageError(f"prompt {i} is empty: the tokenizer gives it no token to condition on (give every "
+                                 "prompt some text)")
+        return token_ids
 
     @staticmethod
     def _prompts(token_ids: list[list[int]]) -> list:
@@ -118,8 +132,8 @@ class VLLMEngine:
                                  seed=seed * 1_000_003 + i if sample else None, skip_special_tokens=True,
                                  stop=stop, include_stop_str_in_output=True)
                   for i in range(len(prompts))]
-        outs = self.llm.generate(self._prompts(self.tok(list(prompts))["input_ids"]), params,
-                                 lora_request=self._requests(adapter, len(prompts)), use_tqdm=self._tqdm)
+        outs = self.llm.generate(self._prompts(self._encode(prompts)), params,
+                                 lora_request=self._requests(adapter, len(prompts)), use_tqdm=self._tqdm())
         return [[c.text.strip() for c in o.outputs] * (1 if sample else n) for o in outs]
 
     def score(self, prompts, continuations, adapter=None):
@@ -130,7 +144,8 @@ class VLLMEngine:
         if len(prompts) != len(continuations):
             raise ValueError("prompts and continuations differ in length")
         full = self.tok([p + c for p, c in zip(prompts, continuations)])["input_ids"]
-        starts = [common_prefix(a, b) for a, b in zip(self.tok(list(prompts))["input_ids"], full)]
+        # the first token of a text, having no prefix, is never scored (vLLM gives it no log-prob)
+        starts = [max(1, common_prefix(a, b)) for a, b in zip(self._encode(prompts), full)]
         reqs = self._prompts(full)
         # flat, undecoded log-probs: 3-4x faster than vLLM's default per-token dicts with decoded strings
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False, flat_logprobs=True)
@@ -141,7 +156,7 @@ class VLLMEngine:
                     for o in self.llm.generate([r], params, lora_request=lora, use_tqdm=False)]
         else:
             outs = self.llm.generate(reqs, params, lora_request=self._requests(adapter, len(reqs)),
-                                     use_tqdm=self._tqdm)
+                                     use_tqdm=self._tqdm())
         return [[o.prompt_logprobs[t][ids[t]].logprob for t in range(s, len(ids))]
                 for o, ids, s in zip(outs, full, starts)]
 

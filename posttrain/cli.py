@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--adapter", default=None, help="LoRA adapter directory, served on the model without merging")
     e.add_argument("--reference", default=None, help="reference (old) model or run for the flips suite")
     e.add_argument("--retain_logs", default=None, help="eval output of a retain-only model (forget quality)")
+    e.add_argument("--forget_split", default=None, metavar="NAME", help="the split that was unlearned: forget "
+                   "quality against --retain_logs (forgetting; default: forget)")
+    e.add_argument("--holdout_split", default=None, metavar="NAME", help="the split never trained on: the "
+                   "non-members of the MIA AUC, e.g. TOFU's holdout (forgetting; default: unseen)")
     e.add_argument("--refusal", action="append", default=None, metavar="PHRASE",
                    help="a phrase or {s} template that marks a refusal anywhere in an answer (repeatable; replaces the "
                    "default: the testbed's 'I do not know', free-form hedges such as 'I'm not sure', and the "
@@ -150,8 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--merge", nargs="?", const=True, default=False, type=_bool, metavar="BOOL",
                     help="push the LoRA adapter merged into its base model (safetensors) instead of the adapter")
     pu.add_argument("--base_model", "--base-model", dest="base_model", default=None, metavar="ORG/NAME",
-                    help="the Hub repository of the base model, for the card's base_model and usage snippet "
-                    "(default: the base the run names, when it is a Hub id and not a local directory)")
+                    help="the Hub repository of the base model, for the card's base_model and usage snippet and, "
+                    "for an adapter, the staged adapter_config.json's base_model_name_or_path (default: the base "
+                    "the run names, when it is a Hub id and not a local directory)")
     pu.add_argument("--commit_message", "--commit-message", dest="commit_message", default=None, metavar="TEXT",
                     help="the commit's message (default: 'Upload run RUN_NAME with posttrain push')")
     pu.add_argument("--dry-run", "--dry_run", dest="dry_run", default=None, metavar="DIR",
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             options = {"refusals": tuple(args.refusal) if args.refusal else None,
                        "sure_question": args.sure_question, "certainty_suffix": args.certainty_suffix,
                        "sure": args.sure, "unsure": args.unsure, "match": args.match, "verifier": args.verifier,
-                       "retain_logs": args.retain_logs, "n": args.n, "temperature": args.temperature,
+                       "retain_logs": args.retain_logs, "forget_split": args.forget_split,
+                       "holdout_split": args.holdout_split, "n": args.n, "temperature": args.temperature,
                        "max_tokens": args.max_tokens, "stop": _stop(args.stop)}
             out, results, _ = run_eval(
                 args.run, args.data, args.suite.split(","), args.splits.split(",") if args.splits else None,

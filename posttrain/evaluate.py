@@ -2,7 +2,7 @@
 
 A target is a model directory, or a LoRA run directory (adapter only; its base model is read from the adapter's
 config), or a model plus ``--adapter``. Bad input (a missing or incompatible model, adapter or reference, an empty
-split, a missing column) stops the run before any engine starts.
+split or prompt, a missing column, an option that would be ignored) stops the run before any engine starts.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from posttrain.core.runs import atomic_dir, check_output
 
 SUITES = Registry("suite", {
     "qa": "posttrain.evals.qa", "hallucination": "posttrain.evals.hallucination",
-    "forgetting": "posttrain.evals.forgetting", "flips": "posttrain.evals.flips", "reasoning": "posttrain.evals.reasoning",
+    "forgetting": "posttrain.evals.forgetting", "flips": "posttrain.evals.flips",
+    "reasoning": "posttrain.evals.reasoning",
 }, contract=("evaluate", "VERSION", "COLUMNS", "GENERATION", "HIGHER_IS_BETTER"))
 DEFAULT_SPLITS = {"reasoning": ("test",)}
 QA_SPLITS = ("seen", "unseen", "forget", "boundary", "retain")
@@ -35,27 +36,23 @@ QA_SPLITS = ("seen", "unseen", "forget", "boundary", "retain")
 
 def trained_settings(target: Target) -> dict:
     """What the evaluated run was trained with, from its ``run.json`` (the adapter's run when there is one): the
-    refusals it learned, for every method that trains them (IdkSFT, RULE, R-Tuning's refusal variant: its
-    ``refusals``, added to the default phrase), R-Tuning's certainty question and sure / unsure answers, and
-    whether it was tuned to answer them (the suffix variant), and DCO's verifier. Empty for a model without a
+    ``eval_settings`` its method's config wrote (``trainers.base.DeviceDefaults.eval_settings``: the refusals it
+    learned, added to the default phrases; R-Tuning's certainty question, sure / unsure answers and whether its
+    model asks it itself; DCO's verifier), and ``certainty_suffix`` false otherwise. Empty for a model without a
     run.json."""
     path = Path(target.adapter or target.model) / "run.json"
     if not path.is_file():
         return {}
-    config = json.loads(path.read_text()).get("config", {})
-    suffix = config.get("method") == "rtuning" and config.get("variant") == "suffix"
-    out = {"certainty_suffix": suffix}
-    if config.get("refusals") and not suffix:
-        out["refusals"] = tuple(dict.fromkeys([*metrics.DEFAULT_REFUSALS, *config["refusals"]]))
-    out.update({k: config[k] for k in ("sure_question", "sure", "unsure") if config.get(k)})
-    if config.get("method") == "dco" and config.get("verifier"):
-        out["verifier"] = config["verifier"]
+    out = {"certainty_suffix": False, **json.loads(path.read_text()).get("eval_settings", {})}
+    if out.get("refusals"):
+        out["refusals"] = tuple(dict.fromkeys([*metrics.DEFAULT_REFUSALS, *out["refusals"]]))
     return out
 
 
 FLAGS = {"refusals": "--refusal", "sure_question": "--sure_question", "certainty_suffix": "--certainty_suffix",
          "sure": "--sure", "unsure": "--unsure", "match": "--match", "verifier": "--verifier",
-         "retain_logs": "--retain_logs", "n": "--n", "temperature": "--temperature", "max_tokens": "--max_tokens",
+         "retain_logs": "--retain_logs", "forget_split": "--forget_split", "holdout_split": "--holdout_split",
+         "n": "--n", "temperature": "--temperature", "max_tokens": "--max_tokens",
          "stop": "--stop", "reference": "--reference"}
 NOT_OPTIONS = ("engine", "dd", "splits", "limit")
 
@@ -93,11 +90,12 @@ def higher_is_better(suite: str, result: dict) -> dict[str, bool | None]:
     return {k: table[name] for k, name in names.items() if name in table}
 
 
-def choose_splits(suite: str, dd, splits: list[str] | None) -> list[str]:
-    """The splits given, else the suite's usual ones present, else every split with the suite's columns."""
+def choose_splits(suite: str, dd, splits: list[str] | None, also: tuple[str, ...] = ()) -> list[str]:
+    """The splits given, else the suite's usual ones present and those of ``also`` (the forget split the user
+    named), else every split with the suite's columns."""
     columns = SUITES.load(suite).COLUMNS
-    names = splits or [s for s in DEFAULT_SPLITS.get(suite, QA_SPLITS) if s in dd] or \
-        [s for s in dd if set(columns) <= set(dd[s].column_names)]
+    usual = dict.fromkeys([*DEFAULT_SPLITS.get(suite, QA_SPLITS), *also])
+    names = splits or [s for s in usual if s in dd] or [s for s in dd if set(columns) <= set(dd[s].column_names)]
     if not names:
         raise UsageError(f"suite {suite!r}: no split of the dataset has its columns ({', '.join(columns)}); give "
                          "--splits (and --columns)")
@@ -105,6 +103,17 @@ def choose_splits(suite: str, dd, splits: list[str] | None) -> list[str]:
         if len(split(dd, s, columns)) == 0:
             raise UsageError(f"split {s!r} is empty")
     return names
+
+
+def check_prompts(tok, dd, splits: list[str], limit: int | None = None) -> None:
+    """Every prompt evaluated has a token to condition on: a blank one that the tokenizer turns into no tokens (one
+    that adds no BOS token, as most chat models' outside their template) is a one-line error naming its split and
+    row (vLLM refuses such a request; HF would answer from padding alone)."""
+    for s, ds in first_rows(dd, splits, limit).items():
+        for i, prompt in enumerate(ds["prompt"]):
+            if isinstance(prompt, str) and not prompt.strip() and not tok(prompt)["input_ids"]:
+                raise UsageError(f"split {s!r}, row {i}: an empty prompt (the model's tokenizer gives it no token to "
+                                 "condition on: give every prompt some text)")
 
 
 def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[str] | None = None,
@@ -141,14 +150,23 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     elif "flips" in suites:
         raise UsageError("the flips suite needs --reference RUN")
     trained = trained_settings(target)
-    fmt = chat_format(modeling.load_tokenizer(target.model), apply_chat_template, system_instruction)
+    tok = modeling.load_tokenizer(target.model)
+    fmt = chat_format(tok, apply_chat_template, system_instruction)
     dd = render(load_eval_data(data, columns), fmt)
-    chosen = {suite: choose_splits(suite, dd, splits) for suite in suites}
-    if "flips" in chosen:  # bad multiple-choice splits: one line before any engine starts or bar is drawn
+    roles = {k: given[k] for k in ("forget_split", "holdout_split") if k in given}
+    named_forget = (roles["forget_split"],) if "forget_split" in roles else ()
+    chosen = {suite: choose_splits(suite, dd, splits, named_forget if suite == "forgetting" else ())
+              for suite in suites}
+    # bad input: one line before any engine starts or bar is drawn
+    if "flips" in chosen:
         flips.check_choices(dd, [s for s in chosen["flips"] if flips.is_multiple_choice(dd[s])])
-    if "retain_logs" in given and "forget" in chosen.get("forgetting", ()):
-        forgetting.matched_ratios(forgetting.retain_truth_ratios(given["retain_logs"]),
-                                  first_rows(dd, ["forget"], limit)["forget"], given["retain_logs"])
+    if "forgetting" in chosen:
+        forgetting.check(dd, chosen["forgetting"], limit, retain_logs=given.get("retain_logs"), named=tuple(roles),
+                         **roles)
+    prompted = dict.fromkeys(s for names in chosen.values() for s in names)
+    if "forgetting" in chosen:  # the holdout split's prompts are scored too
+        prompted.update(dict.fromkeys({roles.get("holdout_split", forgetting.HOLDOUT)} & set(dd)))
+    check_prompts(tok, dd, list(prompted), limit)
     out = Path(output or Path(model) / "eval")
     check_output(out, overwrite)
     start = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from dataclasses import asdict
@@ -26,12 +27,22 @@ def generator(name: str):
     return GENERATORS.load(name)
 
 
+class _Parser(HfArgumentParser):
+    """An ``HfArgumentParser`` whose errors are raised, not printed with the usage and exited on (argparse reports
+    an ambiguous abbreviation through ``error`` even with ``exit_on_error=False``)."""
+
+    def error(self, message):
+        raise argparse.ArgumentError(None, message)
+
+
 def parse_config(name: str, args: list[str]):
+    """The generator's module and its ``Config`` from ``--key value`` flags; a bad flag or value (unknown, badly
+    typed, missing its value, out of range) is one line (a ``UsageError``)."""
     mod = generator(name)
     try:
-        (cfg,) = HfArgumentParser(mod.Config).parse_args_into_dataclasses(args=args)
-    except ValueError as e:
-        raise UsageError(f"gen {name}: {str(e).splitlines()[0]}") from None
+        (cfg,) = _Parser(mod.Config, exit_on_error=False).parse_args_into_dataclasses(args=args)
+    except (ValueError, argparse.ArgumentError) as e:
+        raise UsageError(f"gen {name}: {str(e).strip().splitlines()[0]}") from None
     return mod, cfg
 
 

@@ -15,6 +15,10 @@ transformers pipeline for a model), the evaluation tables (value ± standard err
 YAML: the keys the recipe file and the command line set, with the values ``run.json`` records) and the versions.
 ``base_model`` and ``datasets`` name Hub repositories only: a local directory (the testbed's base model and data) is
 described in the body instead, and ``--base_model ORG/NAME`` names the repository a local base was published to.
+For a LoRA adapter ``--base_model`` is also written into the staged ``adapter_config.json`` as its
+``base_model_name_or_path`` (the run's own keeps the local path it was trained from), so that PEFT finds the base on
+the Hub; without it the staged adapter config names the local path, and the card says so. A run trained on a Hub
+model refuses a ``--base_model`` naming another one.
 
 Staging is atomic (a temporary sibling, then a rename) into ``--dry-run DIR``, which uploads nothing, or else
 ``RUN/hub``; an existing non-empty one is refused unless ``--overwrite_output_dir``. The upload goes through
@@ -207,12 +211,7 @@ def model_card(run: Path, info: dict, repo_id: str, *, kind: str, merged: bool, 
     config, cwd = info.get("config", {}), Path(info.get("cwd") or ".")
     method = config.get("method", "sft")
     adapter = kind == "adapter" and not merged
-    if kind == "adapter":
-        from posttrain.core.modeling import adapter_base
-
-        base = adapter_base(str(run))
-    else:
-        base = None if config.get("from_scratch") else config.get("model_name_or_path")
+    base = trained_on(run, info, kind)
     base_id = base_model or hub_id(base, cwd)
     data = config.get("dataset_path")
     data_paths = [p.partition("=")[2] or p for p in data.split(",")] if data else []
@@ -237,9 +236,15 @@ def model_card(run: Path, info: dict, repo_id: str, *, kind: str, merged: bool, 
              f"{what}, {origin} with posttrain's `{method}` method (a TRL trainer).", ""]
     if base and not base_id:
         lines += [f"The base model `{base}` is a local directory, not a Hub repository: the metadata names no "
-                  "`base_model`. Publish it (`posttrain push BASE --repo-id ORG/NAME`) and push this run with "
-                  "`--base_model ORG/NAME` to link it" + (", or push with `--merge` for a standalone model."
-                                                           if adapter else "."), ""]
+                  "`base_model`" + (", and `adapter_config.json` names that local path as its "
+                                    "`base_model_name_or_path`, so PEFT cannot find the base from the Hub: load it "
+                                    "yourself" if adapter else "") +
+                  ". Publish it (`posttrain push BASE --repo-id ORG/NAME`) and push this run with "
+                  "`--base_model ORG/NAME` to link it" + (" (written into the pushed adapter config), or push with "
+                                                           "`--merge` for a standalone model." if adapter else "."), ""]
+    elif adapter and base_model and base != base_model:
+        lines += [f"Trained on `{base}`, published as `{base_model}`: `adapter_config.json` names `{base_model}` as "
+                  "its `base_model_name_or_path`, so PEFT loads the base from the Hub.", ""]
     lines += ["## Usage", "", _usage(repo_id, revision, adapter, base_id or base or "", _first_prompt(run / "eval")),
               ""]
     lines += ["## Evaluation", ""]
@@ -274,6 +279,26 @@ def model_card(run: Path, info: dict, repo_id: str, *, kind: str, merged: bool, 
     if info.get("git_hash"):
         lines += [f"posttrain commit `{info['git_hash']}`.", ""]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def trained_on(run: Path, info: dict, kind: str) -> str | None:
+    """The base model the run was trained from, as it was given: the one its adapter config names (a LoRA run),
+    else ``model_name_or_path`` (None for a model trained from scratch)."""
+    from posttrain.core.modeling import adapter_base
+
+    if kind == "adapter":
+        return adapter_base(str(run))
+    config = info.get("config", {})
+    return None if config.get("from_scratch") else config.get("model_name_or_path")
+
+
+def _name_base(staged: Path, base_model: str) -> None:
+    """The staged adapter config with ``base_model`` (a Hub id) as its ``base_model_name_or_path``, every other key
+    as it was."""
+    path = staged / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base_model
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _copy_run_files(run: Path, out: Path, skip: tuple[str, ...] = ()) -> None:
@@ -329,6 +354,10 @@ def stage(run: str | Path, out: str | Path, repo_id: str, *, merge: bool = False
     if resolved == run.resolve() or run.resolve().is_relative_to(resolved):
         raise UsageError(f"the staging directory {out} would replace the run {run}; choose another one")
     info = json.loads((run / "run.json").read_text())
+    hub_base = hub_id(trained_on(run, info, kind), info.get("cwd"))
+    if base_model is not None and hub_base not in (None, base_model):
+        raise UsageError(f"--base_model {base_model}: {run} was trained on the Hub model {hub_base}; drop "
+                         "--base_model (it names where a local base model was published)")
     base = _merge_base(run, info) if merge else None
     check_output(out, overwrite)
     steps = [*(["merge"] if merge else []), "files", "eval", "model card"]
@@ -338,6 +367,8 @@ def stage(run: str | Path, out: str | Path, repo_id: str, *, merge: bool = False
                 _merge(run, tmp, base, bool(info.get("config", {}).get("trust_remote_code")))
             elif step == "files":
                 _copy_run_files(run, tmp, skip=ADAPTER_FILES if merge else ())
+                if kind == "adapter" and not merge and base_model:
+                    _name_base(tmp, base_model)
             elif step == "eval" and (run / "eval").is_dir():
                 shutil.copytree(run / "eval", tmp / "eval")
             elif step == "model card":

@@ -1,5 +1,7 @@
 """``posttrain train``: parse a recipe, read the splits its method names, run the method's data step and trainer,
 save one run directory (model or adapter, tokenizer, the prepared training set in ``train_data/``, ``run.json``).
+A pipeline recipe (``stages:``, ``posttrain.recipe``) makes one such run per stage, in order, each checked (settings,
+output, splits, columns, data step) before the first one trains.
 
 The method's registry entry (``posttrain.trainers.METHODS``) says what to read and how to prepare it; nothing here
 is specific to a method.
@@ -8,26 +10,30 @@ is specific to a method.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from accelerate import PartialState
 from datasets import DatasetDict
+from transformers.trainer import TRAINING_ARGS_NAME
 from trl import get_peft_config, get_quantization_config
 
 from posttrain.core import modeling
 from posttrain.core.data import load_data, split
 from posttrain.core.errors import ConfigError, UsageError
-from posttrain.recipe import Recipe, parse
+from posttrain.recipe import Recipe, parse_stages
 from posttrain.core.runs import (STATE, atomic_dir, check_output, complete_checkpoints, partial_dir, run_info,
                             write_json)
 from posttrain.trainers import ROLES, get_method
-from posttrain.trainers.base import Reads
+from posttrain.trainers.base import Prepared, Reads
 
 TRAIN_DATA = "train_data"  # the prepared training set, inside the run directory
 
@@ -76,9 +82,46 @@ def split_names(recipe: Recipe, reads: Reads) -> dict[str, str]:
     return {role: names[role] for role in (*reads.splits, *reads.optional) if names[role]}
 
 
+# TRL's ModelConfig keys -> PEFT's LoraConfig names: what an ``init_adapter`` brings in its adapter_config.json
+LORA_SETTINGS = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+                 "lora_target_modules": "target_modules", "lora_target_parameters": "target_parameters",
+                 "lora_modules_to_save": "modules_to_save", "lora_task_type": "task_type", "use_rslora": "use_rslora",
+                 "use_dora": "use_dora"}
+SCRATCH_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings")
+
+
+def explicit(settings, names) -> dict:
+    """Those of ``names`` that the dataclass ``settings`` holds with a value other than its default: given by the
+    recipe or a flag."""
+    defaults = {f.name: f.default for f in dataclasses.fields(settings)}
+    return {n: getattr(settings, n) for n in names if getattr(settings, n) != defaults[n]}
+
+
+def check_ignored(recipe: Recipe) -> None:
+    """Model settings given explicitly (``explicit``) that building the model would ignore: the scratch model's
+    sizes without ``from_scratch``, and with ``init_adapter`` a ``lora_*`` setting other than that adapter's own
+    (it is trained as it was made; the same settings again, as a continued run gives them, are fine)."""
+    s, m, adapter = recipe.scratch, recipe.model, recipe.data.init_adapter
+    if not s.from_scratch and (sizes := explicit(s, SCRATCH_SIZES)):
+        raise ConfigError(f"{', '.join(f'{k} {v}' for k, v in sizes.items())}: the scratch model's sizes apply only "
+                          f"with from_scratch: true, and {m.model_name_or_path} is loaded as it is; drop them")
+    if not adapter or not (lora := explicit(m, LORA_SETTINGS)):
+        return
+    trust = recipe.train.trust_remote_code
+    differs = modeling.adapter_differs(adapter, {LORA_SETTINGS[k]: v for k, v in lora.items()},
+                                       lambda: modeling.linear_layers(m.model_name_or_path, trust, m.model_revision))
+    if differs:
+        given = ", ".join(f"{k} {v}" for k, v in lora.items() if LORA_SETTINGS[k] in differs)
+        own = ", ".join(f"{k} {v}" for k, v in differs.items())
+        raise ConfigError(f"{given} would be ignored: init_adapter {adapter} is trained with its own LoRA settings "
+                          f"({own}); drop them")
+
+
 def build_model(recipe: Recipe, dd: DatasetDict):
     """Model, tokenizer and the LoRA config the trainer applies (None for full fine-tuning, and when the model
-    already carries the trainable adapter named by ``init_adapter``)."""
+    already carries the trainable adapter named by ``init_adapter``); settings it would ignore are refused first
+    (``check_ignored``)."""
     s, m, adapter = recipe.scratch, recipe.model, recipe.data.init_adapter
     if m.load_in_4bit or m.load_in_8bit:
         check_quantization(recipe)
@@ -86,6 +129,7 @@ def build_model(recipe: Recipe, dd: DatasetDict):
         raise ConfigError("init_adapter needs a trained model (model_name_or_path), not from_scratch")
     if adapter:
         modeling.check_adapter(adapter, "init_adapter")
+    check_ignored(recipe)
     if s.from_scratch:
         texts = (row[c] for d in dd.values() for c in ("prompt", "completion", "text") if c in d.column_names
                  for row in d.select_columns([c]))
@@ -149,31 +193,111 @@ def prepare(recipe: Recipe, method, dd: DatasetDict, names: dict[str, str]):
     return dataclasses.replace(parts[0], eval={name: part.eval for name, part in zip(evals, parts)})
 
 
-def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None = None,
-          extra: dict | None = None) -> Path:
-    """Run a recipe; ``extra`` goes into the run's ``run.json``.
+def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None = None) -> Path:
+    """Run a recipe, or a pipeline's stages one after another; returns the (last) run directory.
 
-    The run is written in ``.NAME.partial`` beside ``output_dir`` and renamed into place when complete. A run that
-    stops (killed, interrupted, failed) after saving a checkpoint leaves that directory, and
-    ``resume_from_checkpoint: true`` goes on from its last complete checkpoint; one without a checkpoint leaves
-    nothing. ``push_to_hub`` (with ``hub_model_id``) pushes the finished run as ``posttrain push`` does."""
+    Every run is checked before the first one trains (``plan``). A run is written in ``.NAME.partial`` beside
+    ``output_dir`` and renamed into place when complete. A run that stops (killed, interrupted, failed) after saving
+    a checkpoint leaves that directory, and ``resume_from_checkpoint: true`` goes on from its last complete
+    checkpoint (in a pipeline: the first stage that is not finished); one without a checkpoint leaves nothing.
+    ``push_to_hub`` (with ``hub_model_id``) pushes the finished run as ``posttrain push`` does."""
     start = time.time()
-    recipe = parse(recipe_path, overrides)
+    runs = plan(parse_stages(recipe_path, overrides))
+    for run in runs:
+        if run.reused:
+            if PartialState().is_main_process:
+                print(f"stage {run.recipe.stage}: using the finished run {run.recipe.train.output_dir} (same "
+                      "settings)", file=sys.stderr)
+            continue
+        with in_stage(run.recipe.stage):
+            fit(run, command or sys.argv, start)
+        start = time.time()
+    return Path(runs[-1].recipe.train.output_dir)
+
+
+@dataclasses.dataclass
+class Run:
+    """One run of a recipe (a pipeline's stage), checked: what ``fit`` trains from."""
+
+    recipe: Recipe
+    method: ModuleType
+    settings: str  # a digest of the resolved settings (``settings_digest``)
+    reused: bool = False  # a pipeline's finished stage of the same settings: not trained again
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # role -> split
+    dd: DatasetDict | None = None
+    prepared: Prepared | None = None
+    resume: str | None = None
+    hub: Hub | None = None
+
+
+def plan(recipes: list[Recipe]) -> list[Run]:
+    """Check every run before any trains: its settings (parsed already), output directory, tracker, hub target,
+    resume point, splits and their columns, and the method's data step on them, whose result ``fit`` trains on. A
+    pipeline's stage other than the last whose directory holds a finished run of the same settings is reused (a
+    pipeline that failed in stage 2 goes on at stage 2). ``resume_from_checkpoint: true`` resumes the first stage
+    that trains; the stages after it start afresh."""
+    check_launch(recipes[0].train)
+    runs, loaded, before = [], {}, None  # before: the stage that trains ahead of this one
+    for i, recipe in enumerate(recipes):
+        args, final = recipe.train, Path(recipe.train.output_dir)
+        run = Run(recipe, get_method(recipe.method), settings_digest(recipe))
+        runs.append(run)
+        if i < len(recipes) - 1 and finished_settings(final) == run.settings:
+            run.reused = True
+            continue
+        with in_stage(recipe.stage):
+            check_output(final, args.overwrite_output_dir)
+            check_report_to(args.report_to)
+            run.hub = hub_target(args)
+            if before is None or str(args.resume_from_checkpoint).lower() != "true":
+                run.resume = resume_point(args.resume_from_checkpoint, final)
+            if before is not None and run.resume is not None:
+                raise UsageError(f"resume_from_checkpoint {run.resume}: stage {before} trains first, so this stage "
+                                 f"starts afresh; resume it alone (--stage {recipe.stage})")
+            run.names = split_names(recipe, run.method.Trainer.reads)
+            path = recipe.data.dataset_path
+            run.dd = loaded[path] = loaded[path] if path in loaded else load_data(path)
+            run.prepared = prepare(recipe, run.method, run.dd, run.names)
+        before = recipe.stage
+    return runs
+
+
+VOLATILE = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "local_rank")  # not what a run learns
+
+
+def settings_digest(recipe: Recipe) -> str:
+    """A digest of a run's resolved settings (method, data, model, training), but where it goes, whether it may
+    replace or resume a run, and the process's rank."""
+    settings = {"method": recipe.method, **{k: v for part in (recipe.data, recipe.scratch, recipe.model)
+                                            for k, v in dataclasses.asdict(part).items()}, **recipe.train.to_dict()}
+    text = json.dumps({k: v for k, v in settings.items() if k not in VOLATILE}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def finished_settings(final: Path) -> str | None:
+    """The settings digest of the finished pipeline stage at ``final``, if one is there."""
+    try:
+        return (json.loads((final / "run.json").read_text()).get("pipeline") or {}).get("settings")
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def in_stage(stage: str | None):
+    """Bad input in a pipeline's stage, as one line that names the stage."""
+    try:
+        yield
+    except UsageError as e:
+        if stage is None:
+            raise
+        raise type(e)(f"stage {stage}: {e}") from None
+
+
+def fit(run: Run, command: list[str], start: float) -> Path:
+    """Train one checked run into its directory."""
+    recipe, method, resume, hub = run.recipe, run.method, run.resume, run.hub
     args = recipe.train
-    check_launch(args)
-    check_output(args.output_dir, args.overwrite_output_dir)
-    check_report_to(args.report_to)
-    hub = hub_target(args)
-    method = get_method(recipe.method)
-    if hasattr(method, "before"):
-        with rejections(recipe.method):
-            method.before(recipe, train)
     final = Path(args.output_dir)
-    resume = resume_point(args.resume_from_checkpoint, final)
-    names = split_names(recipe, method.Trainer.reads)
-    dd = load_data(recipe.data.dataset_path)
-    prepared = prepare(recipe, method, dd, names)
-    train_ds, eval_ds = prepared.train, prepared.eval
     partial = partial_dir(final)
     in_partial = resume is not None and Path(resume).resolve().parent == partial.resolve()
     with atomic_dir(final, tmp_name=partial.name, main=PartialState().is_main_process, resume=in_partial,
@@ -181,29 +305,34 @@ def train(recipe_path: str, overrides: list[str] = (), command: list[str] | None
         args.output_dir = str(tmp)
         if PartialState().is_main_process:
             shutil.rmtree(tmp / TRAIN_DATA, ignore_errors=True)
-            DatasetDict(prepared.splits()).save_to_disk(str(tmp / TRAIN_DATA))
-        model, tok, peft_config = build_model(recipe, dd)
+            DatasetDict(run.prepared.splits()).save_to_disk(str(tmp / TRAIN_DATA))
+        model, tok, peft_config = build_model(recipe, run.dd)
         with rejections(recipe.method):
-            trainer = method.Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  processing_class=tok, peft_config=peft_config)
+            trainer = method.Trainer(model=model, args=args, train_dataset=run.prepared.train,
+                                     eval_dataset=run.prepared.eval, processing_class=tok, peft_config=peft_config)
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(tmp))
         args.output_dir = str(final)
         if trainer.accelerator.is_main_process:
+            # the Trainer pickles its arguments beside the weights; run.json has them resolved (checkpoints keep it)
+            (tmp / TRAINING_ARGS_NAME).unlink(missing_ok=True)
             tok.save_pretrained(str(tmp))
             config = {"method": recipe.method, "recipe": recipe.path,
                       **{k: v for part in (recipe.data, recipe.scratch, recipe.model)
                          for k, v in dataclasses.asdict(part).items()},
                       **args.to_dict()}
-            info = run_info(command or sys.argv, config, args.seed, time.time() - start)
-            info["train_data"] = {"path": TRAIN_DATA, "splits": names, "rows": len(train_ds), **prepared.stats}
+            info = run_info(command, config, args.seed, time.time() - start)
+            info["train_data"] = {"path": TRAIN_DATA, "splits": run.names, "rows": len(run.prepared.train),
+                                  **run.prepared.stats}
+            info["eval_settings"] = args.eval_settings()  # read back by `posttrain eval` (evaluate.trained_settings)
             info["train_metrics"] = result.metrics
             info["log_history"] = trainer.state.log_history
             info["resumed_from"] = resume
             info["hub"] = hub and {"repo_id": hub.repo_id, "private": hub.private, "revision": hub.revision}
             info["distributed"] = {"type": trainer.accelerator.distributed_type.value,
                                    "num_processes": trainer.accelerator.num_processes}
-            info.update(extra or {})
+            info["pipeline"] = recipe.stage and {"recipe": recipe.pipeline, "stages": list(recipe.stages),
+                                                 "stage": recipe.stage, "settings": run.settings}
             write_json(tmp / "run.json", info)
         trainer.accelerator.wait_for_everyone()
     if hub and PartialState().is_main_process:

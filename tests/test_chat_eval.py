@@ -128,17 +128,22 @@ def test_the_runs_refusals_and_certainty_words_reach_evaluation(tmp_path):
     from posttrain.evals.targets import Target
     from posttrain.evaluate import trained_settings
 
-    for method, extra in (("idk_sft", {}), ("rule", {}), ("rtuning", {"variant": "refusal"})):
-        run = tmp_path / method
+    from posttrain.trainers import get_method
+
+    def run_of(method, **settings):
+        """A run directory with the run.json's eval settings a run of ``method`` with ``settings`` writes."""
+        run = tmp_path / f"{method}-{len(list(tmp_path.iterdir()))}"
         run.mkdir()
-        (run / "run.json").write_text(json.dumps({"config": {"method": method, "refusals": ["No idea about {s}."],
-                                                             **extra}}))
-        assert "No idea about {s}." in trained_settings(Target(str(run)))["refusals"]
-    run = tmp_path / "suffix"
-    run.mkdir()
-    (run / "run.json").write_text(json.dumps({"config": {"method": "rtuning", "variant": "suffix", "sure": "Yes.",
-                                                         "unsure": "No.", "refusals": ["x"]}}))
-    got = trained_settings(Target(str(run)))
+        config = get_method(method).Config(output_dir=str(run / "out"), report_to="none", **settings)
+        (run / "run.json").write_text(json.dumps({"eval_settings": config.eval_settings()}))
+        return Target(str(run))
+
+    for method, extra in (("idk_sft", {}), ("rule", {}), ("rtuning", {"variant": "refusal"})):
+        assert "No idea about {s}." in trained_settings(run_of(method, refusals=["No idea about {s}."], **extra))[
+            "refusals"]
+    for method in ("sft", "npo", "rule_rs", "muscle"):  # methods that learn no refusals of their own
+        assert trained_settings(run_of(method)) == {"certainty_suffix": False}, method
+    got = trained_settings(run_of("rtuning", variant="suffix", sure="Yes.", unsure="No.", refusals=["x"]))
     assert got["certainty_suffix"] and (got["sure"], got["unsure"]) == ("Yes.", "No.") and "refusals" not in got
     assert hallucination.certainty_words("I am sure.", "I am unsure.") == ("I am", "sure", "unsure")
     assert hallucination.certainty_words("Yes.", "No.") == ("", "Yes", "No")

@@ -128,7 +128,7 @@ def _prompts(items):
 # --- the shared tokenisation ---------------------------------------------------------------------------------------
 
 def test_tokenize_matches_trls_sft_on_a_conversational_pair(tok, tmp_path):
-    """``sft.tokenize`` (the unlearning collator's) gives the ids and loss span TRL's SFT preparation gives."""
+    """``base.tokenize`` (the unlearning collator's) gives the ids and loss span TRL's SFT preparation gives."""
     import trl
 
     from posttrain.trainers.sft import SFTConfig
@@ -270,9 +270,14 @@ def test_rule_both_stages_on_chat_rows(tmp_path, tiny_chat_model, chat_data, tok
     monkeypatch.setattr(rule, "judge", spy_judge)
     seen = spy("rule")
     rs = _recipe(tmp_path, tiny_chat_model, chat_data, "rule_rs", max_steps=1)
-    run = train(_recipe(tmp_path, tiny_chat_model, chat_data, "rule", dataset_train_split="rule", rs_recipe=rs,
-                        refusals=[REFUSAL], stop=[], num_generations=2, per_device_train_batch_size=2,
-                        max_completion_length=6, max_steps=1))
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "stages": [{"rs": rs}, {"rebo": {"method": "rule", "refusals": [REFUSAL], "stop": [], "num_generations": 2,
+                                         "per_device_train_batch_size": 2, "max_completion_length": 6,
+                                         "max_steps": 1, "learning_rate": 1e-3, "logging_steps": 1}}],
+        "model_name_or_path": str(tiny_chat_model), "dataset_path": str(chat_data), "dataset_train_split": "rule",
+        "output_dir": str(tmp_path / "rule"), "save_strategy": "no", "report_to": "none", "seed": 0}))
+    run = train(str(pipeline))
     assert (run.parent / "rule-rs" / "run.json").is_file()
     ds = load_from_disk(str(run / "train_data"))["train"]
     assert all(is_conversational(row) for row in ds)
@@ -305,7 +310,7 @@ def no_template_model(tiny_chat_model, tmp_path_factory):
 @pytest.mark.parametrize("method, keys", [
     ("sft", {"dataset_train_split": "train"}),
     ("grad_diff", {"dataset_forget_split": "forget", "dataset_retain_split": "retain", "max_length": 64}),
-    ("rule", {"dataset_train_split": "rule", "stage": "rebo", "num_generations": 2, "per_device_train_batch_size": 2}),
+    ("rule", {"dataset_train_split": "rule", "num_generations": 2, "per_device_train_batch_size": 2}),
 ])
 def test_conversational_rows_need_a_chat_template(tmp_path, no_template_model, chat_data, method, keys):
     with pytest.raises(ConfigError) as info:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import TINY_MODEL
 from posttrain.data_gen import reasoning
 from posttrain.core.errors import ConfigError
-from posttrain.trainers.dco import DCOConfig, DCOTrainer, coverage_weight, dco_loss, sequence_logps
+from posttrain.trainers.base import answer_logps
+from posttrain.trainers.dco import DCOConfig, DCOTrainer, coverage_weight, dco_loss
 
 
 def exact_loss(s: float, n: int) -> float:
@@ -42,10 +43,22 @@ def loss_and_grad(s: float, n: int) -> tuple[float, float]:
 def test_n1_is_sequence_cross_entropy():
     logits = torch.randn(3, 6, 11, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([[-100, -100, 4, 2, 7, 1], [-100, 3, 3, 9, -100, -100], [-100, -100, -100, -100, 5, 0]])
-    s = sequence_logps(logits, labels)
+    s, _ = answer_logps(logits, labels)
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), reduction="none").view(3, 5)
     assert torch.allclose(dco_loss(s, 1), ce.sum(-1).double(), atol=1e-5)  # summed over each answer's tokens
     assert dco_loss(s, 1).dtype == torch.float64
+
+
+def test_answer_logps_keeps_the_doubt_of_a_near_sure_answer_that_float32_rounds_away():
+    """s comes from float64 log-softmax (base.answer_logps, shared with NPO and SimNPO): a token at logit margin 20
+    over 4 others has log p = −log(1 + 4e^−20) ≈ −8.2e-9, which float32 rounds to 0 (1 − p lost)."""
+    logits = torch.zeros(1, 3, 5)
+    logits[0, 0, 2] = logits[0, 1, 4] = 20.0
+    labels = torch.tensor([[-100, 2, 4]])
+    assert F.log_softmax(logits[0, :2], -1)[[0, 1], [2, 4]].tolist() == [0.0, 0.0]  # float32
+    s, n = answer_logps(logits, labels)
+    assert s.dtype == torch.float64 and n.tolist() == [2]
+    assert s.item() == pytest.approx(-2 * math.log1p(4 * math.exp(-20)), rel=1e-9)
 
 
 @pytest.mark.parametrize("p,n", [(0.3, 4), (0.01, 64), (0.2, 64), (0.9, 16), (1e-6, 2)])
@@ -67,7 +80,7 @@ def test_gradient_through_a_model_is_f_times_the_ce_gradient():
 
     def grads(n):
         layer.zero_grad()
-        s = sequence_logps(layer(x), labels)
+        s, _ = answer_logps(layer(x), labels)
         dco_loss(s, n)[0].backward()
         return layer.weight.grad.clone(), s[0].exp().item()
 

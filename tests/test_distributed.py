@@ -221,3 +221,63 @@ def test_zero3_config_is_stage_3_saving_a_full_model_with_the_trainers_batch_set
     assert ds["gradient_accumulation_steps"] == ds["gradient_clipping"] == ds["train_micro_batch_size_per_gpu"] \
         == "auto"  # filled in from the trainer config
     assert plugin.zero3_init_flag is False
+
+
+# --- the reference model (trainers/reference.py) under FSDP / ZeRO-3 ---------------------------------------------
+
+def _state(kind, zero_stage=None):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    plugin = SimpleNamespace(zero_stage=zero_stage) if zero_stage else None
+    return SimpleNamespace(distributed_type=DistributedType[kind], deepspeed_plugin=plugin)
+
+
+def test_sharding_is_read_from_the_accelerate_state_as_the_trainer_reads_it():
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    from posttrain.trainers.reference import sharding
+
+    assert sharding() is None  # this process: no launch
+    assert sharding(_state("FSDP")) == "FSDP"
+    assert sharding(_state("DEEPSPEED", 3)) == "DeepSpeed ZeRO-3"
+    assert sharding(_state("DEEPSPEED", 2)) is None and sharding(_state("MULTI_CPU")) is None
+    _, env = launcher_env("zero3.yaml")  # the plugin the shipped ZeRO-3 config gives each process
+    with mock.patch.dict(os.environ, env):
+        plugin = DeepSpeedPlugin()
+    state = _state("DEEPSPEED")
+    state.deepspeed_plugin = plugin
+    assert state.distributed_type == DistributedType.DEEPSPEED and sharding(state) == "DeepSpeed ZeRO-3"
+
+
+@pytest.mark.parametrize("kind, stage, how", [("FSDP", None, "FSDP"), ("DEEPSPEED", 3, "DeepSpeed ZeRO-3")])
+def test_a_full_fine_tuning_reference_is_refused_under_fsdp_and_zero3(tiny_run, kind, stage, how):
+    """A deep copy of the model is no sharded reference; with LoRA the reference is the adapter toggled on the
+    trained model itself, which is not refused."""
+    from peft import LoraConfig, get_peft_model
+
+    from posttrain.core.errors import ConfigError
+    from posttrain.trainers.reference import Reference
+
+    with pytest.raises(ConfigError, match=f"full fine-tuning under {how} is not supported: the reference model"):
+        Reference(load_model(str(tiny_run)), state=_state(kind, stage))
+    lora = get_peft_model(load_model(str(tiny_run)), LoraConfig(r=4, task_type="CAUSAL_LM"))
+    Reference(lora, state=_state(kind, stage))
+
+
+def test_npo_under_fsdp_is_refused_in_one_line(capsys, monkeypatch, tiny_run, tiny_kg, tmp_path):
+    """The trainer's check, as a launch with FSDP would reach it (the state stood in for: accelerate turns FSDP on
+    only on GPUs)."""
+    import posttrain.trainers.reference as reference
+
+    monkeypatch.setattr(reference, "sharding", lambda state=None: "FSDP")
+    out = tmp_path / "run"
+    proc = cli(capsys, "train", "unlearn/npo.yaml", "--model_name_or_path", tiny_run, "--dataset_path", tiny_kg,
+               "--output_dir", out, "--max_steps", 1)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("posttrain:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines == ["posttrain: error: npo: full fine-tuning under FSDP is not supported: the reference model (the "
+                     "model before training) is a deep copy that FSDP does not shard; train a LoRA (use_peft: true) "
+                     "or launch without FSDP (e.g. multi_gpu.yaml)"]
+    assert not list(tmp_path.iterdir())

@@ -124,3 +124,28 @@ def test_auto_picks_vllm_on_a_gpu_and_hf_on_cpu(monkeypatch, installed, cuda, wa
                         lambda kind: SimpleNamespace(Engine=lambda model, **kw: (kind, model)))
     assert make_engine("auto", "m") == (want, "m")
     assert make_engine("vllm", "m") == ("vllm", "m")
+
+
+@pytest.mark.slow
+def test_an_empty_prompt_after_the_bos_token_is_answered_and_scored_alike(engines):
+    """The testbed's texts start with <s>: an empty prompt is one token, a legitimate request on both engines."""
+    hf, vllm = engines
+    assert vllm.generate(["", PROMPTS[0]], max_tokens=6) == hf.generate(["", PROMPTS[0]], max_tokens=6)
+    want = hf.score(["", ""], [" C1 .", "Question: Where was P1 born ?"])
+    got = vllm.score(["", ""], [" C1 .", "Question: Where was P1 born ?"])
+    assert [len(g) for g in got] == [len(w) for w in want] == [2, 6]
+    assert all(g == pytest.approx(w, abs=1e-4) for g, w in zip(got, want))
+
+
+@pytest.mark.slow
+def test_tqdm_disable_turns_vllms_bars_off_without_a_crash(monkeypatch, tiny_run, tiny_kg, tmp_path):
+    """``TQDM_DISABLE=1`` (tqdm reads it when imported: a fresh process) with --engine vllm crashed in vLLM's own
+    bar (ZeroDivisionError: a disabled bar's elapsed time is 0); generate and score calls both run now."""
+    from conftest import posttrain
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    proc = posttrain("eval", tiny_run, "--data", tiny_kg, "--suite", "forgetting", "--splits", "forget", "--limit", "4",
+                     "--engine", "vllm", "--output", tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "eval" / "results.json").is_file()
+    assert "Processed prompts" not in proc.stderr  # vLLM's generate bar (its weight loader draws one regardless)

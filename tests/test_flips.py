@@ -299,3 +299,22 @@ def test_an_lm_eval_style_multiple_choice_split_needs_no_testbed_columns(capsys,
     # the same model on both sides: no flips, full agreement, and no mistake severity without a graph
     assert r["n"] == 2 and r["negative_flip_rate"] == 0.0 and r["agreement"] == 1.0
     assert not any(k.startswith("nf_") for k in r)
+
+
+def test_user_splits_named_seen_and_unseen_are_evaluated_without_mistake_severity(capsys, tiny_run, tmp_path):
+    """The testbed's graph splits are named seen / unseen: a user's own splits of those names (no fact columns) used
+    to crash building the graph (datasets' select_columns); they hold no graph, so no nf_* metrics."""
+    import json as _json
+
+    gen = [{"prompt": "Question: Where was P1 born ? Answer:", "completion": " C1 ."},
+           {"prompt": "Question: Where was P2 born ? Answer:", "completion": " C2 ."}]
+    mc = [{"prompt": "Question: Where was P1 born ? Answer:", "choices": [" C1 .", " C2 ."], "gold": 0}]
+    for name, rows in (("seen", gen), ("unseen", mc)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "e"
+    proc = cli(capsys, "eval", tiny_run, "--data", f"seen={tmp_path / 'seen.jsonl'},unseen={tmp_path / 'unseen.jsonl'}",
+               "--suite", "flips", "--reference", tiny_run, "--engine", "hf", "--output", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = _json.loads((out / "results.json").read_text())["results"]
+    assert {k: r["n"] for k, r in results.items()} == {"flips/seen": 2, "flips/unseen": 1}
+    assert all(r["agreement"] == 1.0 and not any(k.startswith("nf_") for k in r) for r in results.values())

@@ -168,3 +168,50 @@ def test_tiny_model_knows_its_training_facts_and_matches_itself_as_retain_refere
                  {})
     again, _ = forgetting.evaluate(eng, dd, ["forget"], max_tokens=8, retain_logs=out)
     assert again["forget"]["forget_quality"] == pytest.approx(1.0)
+
+
+def test_the_forget_and_holdout_splits_are_the_ones_named(tmp_path):
+    """TOFU names its non-members holdout: with holdout_split naming it, the MIA AUC and forget quality are those of
+    the testbed names (hand-computed above); without, the holdout split does not count (NaN)."""
+    logs = write_retain_logs(tmp_path / "retain_eval", [
+        {"suite": "forgetting", "split": "forget10", "doc_id": i, "fact_id": f, "truth_ratio": tr}
+        for i, (f, tr) in enumerate(((2, 20), (1, 10)))])
+    dd = DatasetDict({"forget10": DD["forget"], "retain": DD["retain"], "holdout": DD["unseen"]})
+    res, samples = forgetting.evaluate(FakeEngine(), dd, ["forget10", "retain"], retain_logs=logs,
+                                       forget_split="forget10", holdout_split="holdout")
+    f = res["forget10"]
+    assert f["mia_auc"] == pytest.approx(0.75) and f["forget_quality"] == pytest.approx(1 / 3)
+    assert f["truth_ratio"] == f["truth_ratio_closer_to_1"] and res["retain"]["mia_auc"] == 0.5
+    res, _ = forgetting.evaluate(FakeEngine(), dd, ["forget10", "retain"])
+    assert math.isnan(res["forget10"]["mia_auc"]) and math.isnan(res["forget10"]["forget_quality"])
+    assert res["forget10"]["truth_ratio"] == res["forget10"]["truth_ratio_true_better"]  # not the forget split
+
+
+def test_retain_logs_without_the_forget_split_evaluated_are_an_error(tmp_path):
+    logs = write_retain_logs(tmp_path / "retain_eval", [
+        {"suite": "forgetting", "split": "forget", "doc_id": 0, "fact_id": 1, "truth_ratio": 1.0}])
+    eng = FakeEngine()
+    with pytest.raises(UsageError, match="--retain_logs scores the forget split 'forget', which is not among the "
+                                         r"evaluated splits \(retain\); name yours with --forget_split"):
+        forgetting.evaluate(eng, DD, ["retain"], retain_logs=logs)
+    assert eng.calls == []
+
+
+def _with(ds, column, value, row=0):
+    return ds.map(lambda r, i: {column: value} if i == row else {}, with_indices=True)
+
+
+@pytest.mark.parametrize("split, column, value, message", [
+    ("forget", "completion", "", "split 'forget', row 0: an empty completion"),
+    ("retain", "paraphrased_answer", "  ", "split 'retain', row 0: an empty paraphrased_answer"),
+    ("forget", "perturbed_answers", [" s B .", ""], "split 'forget', row 0: an empty perturbed_answers"),
+    ("forget", "perturbed_answers", [], "perturbed_answers must be a list of at least one answer"),
+    ("unseen", "completion", "", "split 'unseen', row 0: an empty completion"),  # the holdout's, not evaluated
+])
+def test_an_empty_answer_is_a_one_line_error_before_any_model_work(split, column, value, message):
+    """An answer of no tokens has no mean NLL (it was a ZeroDivisionError, or a silent NaN answer_prob)."""
+    dd = DatasetDict({**DD, split: _with(DD[split], column, value)})
+    eng = FakeEngine()
+    with pytest.raises(UsageError, match=message):
+        forgetting.evaluate(eng, dd, ["forget", "retain"])
+    assert eng.calls == []

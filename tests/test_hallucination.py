@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import cli
-from posttrain.evals import hallucination, metrics
+from posttrain.evals import hallucination
 from posttrain.evals.hf_engine import HFEngine
 
 

@@ -34,6 +34,22 @@ def test_gen_cli_writes_dataset_and_manifest(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--n_persons", "abc"], "gen kg: argument --n_persons/--n-persons: invalid int value: 'abc'"),
+    (["--noise", "x"], "gen kg: argument --noise: invalid float value: 'x'"),
+    (["--n_persons"], "gen kg: argument --n_persons/--n-persons: expected one argument"),
+    (["--n_", "3"], "gen kg: ambiguous option: --n_ could match --n_persons"),
+])
+def test_a_badly_typed_gen_flag_is_one_line_and_exit_2(capsys, tmp_path, flags, message):
+    from conftest import cli
+
+    proc = cli(capsys, "gen", "kg", "--out", tmp_path / "kg", *flags)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"posttrain: error: {message}"), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_splits_are_disjoint_and_partition_seen():
     dd = small()
     ids = {s: set(dd[s]["fact_id"]) for s in ("seen", "unseen", "forget", "boundary", "retain")}
@@ -84,7 +100,7 @@ def test_declines_only_by_non_covering_experts_of_facts_others_cover():
     for r in declines:
         f = seen[r["fact_id"]]  # KeyError would mean a decline of a held-out fact
         assert r["expert"] not in f["experts"] and f["experts"]
-        assert f"I do not know" in r["completion"] and f["entity"] in r["completion"]
+        assert "I do not know" in r["completion"] and f["entity"] in r["completion"]
     answers = [r for r in dd["corpus"] if r["kind"] == "qa"]
     assert all(r["expert"] in seen[r["fact_id"]]["experts"] for r in answers)
 

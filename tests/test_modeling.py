@@ -95,3 +95,26 @@ def test_weight_decay_skips_embeddings():
     assert "model.embed_tokens.weight" not in names
     assert "model.layers.0.self_attn.q_proj.weight" in names
     assert not any("norm" in n for n in names)
+
+
+def test_adapter_differs_names_the_lora_settings_an_adapter_was_not_made_with(tmp_path):
+    """``init_adapter``'s check: module lists by their last name components, ``all-linear`` as PEFT resolves it on
+    the base model (found from its config, on the meta device)."""
+    from peft import LoraConfig, get_peft_model
+
+    tok = modeling.build_word_tokenizer(TEXTS)
+    base = modeling.scratch_llama(tok, hidden_size=128, num_hidden_layers=1, num_attention_heads=2)
+    base.save_pretrained(tmp_path / "base")
+    linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert modeling.linear_layers(str(tmp_path / "base")) == linear  # not lm_head
+    get_peft_model(base, LoraConfig(r=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")) \
+        .save_pretrained(tmp_path / "adapter")
+    adapter = str(tmp_path / "adapter")
+
+    def differs(**settings):
+        return modeling.adapter_differs(adapter, settings, lambda: modeling.linear_layers(str(tmp_path / "base")))
+
+    assert differs(r=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM") == {}
+    assert differs(target_modules=sorted(linear, reverse=True)) == {}
+    assert differs(r=4, use_dora=True) == {"r": 8, "use_dora": False}
+    assert differs(target_modules=["q_proj", "v_proj"]) == {"target_modules": sorted(linear)}

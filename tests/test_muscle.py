@@ -158,6 +158,7 @@ def test_lora_the_new_teacher_is_t2_at_every_step_and_the_run_holds_the_trained_
     (["--mask", "token_likelihood"], "needs the CE term"),
     (["--old_model", ""], "set old_model"),
     (["--old_model", "/nonexistent"], "neither a model nor a LoRA run"),
+    (["--use_peft", "true"], "use_peft without init_adapter would add a fresh LoRA adapter"),
 ])
 def test_settings_that_would_misapply_muscle_are_rejected_in_one_line(toy, capsys, tmp_path, flags, message):
     out = tmp_path / "out"
@@ -184,3 +185,26 @@ def test_an_old_model_with_another_tokenizer_is_rejected(toy, tmp_path):
     with pytest.raises(ConfigError, match="different tokenizer"):
         MuscleTrainer(load_model(str(toy["base"])), args, train_dataset=toy["gold"],
                       processing_class=load_tokenizer(str(toy["base"])))
+
+
+def test_a_fresh_lora_adapter_is_refused_its_new_teacher_would_be_the_bare_base(capsys, tiny_run, tiny_kg, tmp_path):
+    """``use_peft`` without ``init_adapter``: the new teacher (the model before training, the fresh adapter off)
+    and the starting point would be ``model_name_or_path`` itself, not T2's adapter on it."""
+    from peft import LoraConfig
+
+    from posttrain.core.errors import ConfigError
+
+    args = MuscleConfig(output_dir=str(tmp_path / "o"), report_to="none", old_model=str(tiny_run))
+    with pytest.raises(ConfigError, match="the bare base model instead of T2"):
+        MuscleTrainer(load_model(str(tiny_run)), args, processing_class=load_tokenizer(str(tiny_run)),
+                      peft_config=LoraConfig(r=4, task_type="CAUSAL_LM"))
+    out = tmp_path / "run"
+    proc = cli(capsys, "train", "muscle/muscle.yaml", "--model_name_or_path", tiny_run, "--init_adapter", "",
+               "--use_peft", "true", "--dataset_path", tiny_kg, "--dataset_train_split", "seen", "--old_model",
+               tiny_run, "--output_dir", out, "--max_steps", "1")
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("posttrain:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines == ["posttrain: error: muscle: use_peft without init_adapter would add a fresh LoRA adapter: the "
+                     "model would start from, and the new teacher would be, the bare base model instead of T2; start "
+                     "from T2's adapter (init_adapter: T2_RUN), or for a full-model T2 use full fine-tuning"]
+    assert not list(tmp_path.glob("*run*"))

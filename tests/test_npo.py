@@ -10,7 +10,8 @@ from datasets import load_from_disk
 from peft import LoraConfig
 
 from posttrain.core.modeling import load_model, load_tokenizer
-from posttrain.trainers.npo import NPOConfig, NPOTrainer, answer_logps, npo_loss
+from posttrain.trainers.base import answer_logps
+from posttrain.trainers.npo import NPOConfig, NPOTrainer, npo_loss
 from posttrain.trainers.unlearn import PairedCollator, prepare
 from test_unlearn import LORA, _nll, _rejected, _unlearn
 
@@ -19,7 +20,8 @@ def test_answer_logps_sums_the_answer_tokens_only():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [1 / 3, 1 / 3, 1 / 3]]]))
     labels = torch.tensor([[-100, -100, 1, 2]])  # position t predicts label t+1: 0.8 (token 1), then 0.6 (token 2)
     logp, n = answer_logps(logits, labels)
-    assert torch.allclose(logp, torch.tensor([math.log(0.8) + math.log(0.6)])) and n.tolist() == [2.0]
+    assert logp.dtype == torch.float64 and n.tolist() == [2]
+    assert torch.allclose(logp, torch.tensor([math.log(0.8) + math.log(0.6)], dtype=torch.float64))
 
 
 def test_npo_loss_is_the_papers_formula():

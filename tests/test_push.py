@@ -256,6 +256,45 @@ def test_base_model_flag_links_the_published_base(capsys, lora_run, tmp_path):
     assert 'PeftModel.from_pretrained(base, "me/tiny-lora", revision="v1")' in code
 
 
+def test_base_model_flag_is_written_into_the_staged_adapter_config(capsys, lora_run, tiny_run, tmp_path):
+    """The adapter config names the local base the run was trained from; the pushed one names the Hub id
+    ``--base_model`` gives, so PEFT finds the base there. Without the flag it stays local, and the card says so."""
+    from huggingface_hub import ModelCard
+    from peft import PeftConfig
+
+    run_config = json.loads((lora_run / "adapter_config.json").read_text())
+    assert run_config["base_model_name_or_path"] == str(tiny_run)
+    out = tmp_path / "staged"
+    proc = cli(capsys, "push", lora_run, "--repo-id", "me/tiny-lora", "--base_model", "me/tiny-base", "--dry-run",
+               out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    staged = json.loads((out / "adapter_config.json").read_text())
+    assert staged == {**run_config, "base_model_name_or_path": "me/tiny-base"}
+    assert PeftConfig.from_pretrained(str(out)).base_model_name_or_path == "me/tiny-base"
+    assert json.loads((lora_run / "adapter_config.json").read_text()) == run_config  # the run is untouched
+    card = ModelCard.load(out / "README.md").text
+    assert f"Trained on `{tiny_run}`, published as `me/tiny-base`: `adapter_config.json` names `me/tiny-base`" in card
+
+    plain = push(lora_run, "me/tiny-lora", dry_run=tmp_path / "plain", progress=False)
+    assert json.loads((plain / "adapter_config.json").read_text()) == run_config
+    assert "`adapter_config.json` names that local path as its `base_model_name_or_path`, so PEFT cannot find the " \
+           "base from the Hub" in ModelCard.load(plain / "README.md").text
+
+
+def test_base_model_flag_naming_another_hub_base_is_refused(capsys, lora_run, tmp_path):
+    run = _copy(lora_run, tmp_path)
+    config = json.loads((run / "adapter_config.json").read_text())
+    (run / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "someorg/base"}))
+    out = tmp_path / "staged"
+    proc = cli(capsys, "push", run, "--repo-id", "me/tiny-lora", "--base_model", "me/other", "--dry-run", out)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"posttrain: error: --base_model me/other: {run} was trained on the Hub model someorg/base; drop "
+        "--base_model (it names where a local base model was published)"]
+    assert not out.exists()
+    proc = cli(capsys, "push", run, "--repo-id", "me/tiny-lora", "--base_model", "someorg/base", "--dry-run", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_merge_stages_a_model_the_pipeline_runs_like_the_run(capsys, lora_run, tiny_run, tmp_path):
     import torch
     from huggingface_hub import ModelCard

@@ -170,7 +170,10 @@ def test_a_dco_runs_verifier_reaches_the_reasoning_suite(tmp_path):
     from posttrain.evals.targets import Target
     from posttrain.evaluate import trained_settings
 
-    (tmp_path / "run.json").write_text(json.dumps({"config": {"method": "dco", "verifier": "pkg.mod:check"}}))
+    from posttrain.trainers.dco import DCOConfig
+
+    config = DCOConfig(output_dir=str(tmp_path / "out"), report_to="none", verifier="pkg.mod:check")
+    (tmp_path / "run.json").write_text(json.dumps({"eval_settings": config.eval_settings()}))
     assert trained_settings(Target(str(tmp_path)))["verifier"] == "pkg.mod:check"
 
 

@@ -158,30 +158,40 @@ def test_every_trainer_resumes_from_a_checkpoint_to_the_same_weights(method, tin
 
 
 @pytest.mark.slow
-def test_a_two_stage_rule_run_interrupted_in_stage_one_resumes_there(monkeypatch, tiny_run, data, tmp_path):
+def test_a_two_stage_rule_run_resumes_in_the_stage_it_was_interrupted_in(monkeypatch, tiny_run, data, tmp_path):
     import transformers
 
     from posttrain.trainers.rejection_steering import RejectionSteeringTrainer
+    from posttrain.trainers.rule import RULETrainer
 
     real = transformers.Trainer._save_checkpoint
+    stop = [RejectionSteeringTrainer, 4]  # the trainer and step after whose checkpoint the run is interrupted
 
-    def interrupt_stage_one(self, *args, **kwargs):
+    def interrupt(self, *args, **kwargs):
         real(self, *args, **kwargs)
-        if isinstance(self, RejectionSteeringTrainer) and self.state.global_step == 4:
+        if isinstance(self, stop[0]) and self.state.global_step == stop[1]:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", interrupt_stage_one)
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", interrupt)
     _, flags = method_flags("rule", tiny_run, data)
-    flags = [*flags[:-6], "--stage", "both", "--num_generations", "4", "--max_completion_length", "8",
-             "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_strategy", "steps", "--save_steps",
-             "2", "--output_dir", str(tmp_path / "rule")]
-    with pytest.raises(KeyboardInterrupt):
+    flags = [*flags[:-6], "--rebo.num_generations", "4", "--rebo.max_completion_length", "8",
+             "--rebo.per_device_train_batch_size", "8", "--rebo.max_steps", "4", "--save_strategy", "steps",
+             "--save_steps", "2", "--output_dir", str(tmp_path / "rule")]
+    with pytest.raises(KeyboardInterrupt):  # in stage 1
         train("rule/testbed.yaml", flags)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".rule-rs.partial"]
     assert checkpoints(tmp_path / ".rule-rs.partial") == ["checkpoint-2", "checkpoint-4"]
-    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", real)
-    run = train("rule/testbed.yaml", [*flags, "--resume_from_checkpoint", "true"])
+    stop[:] = [RULETrainer, 2]
+    with pytest.raises(KeyboardInterrupt):  # stage 1 resumed and finished, then stage 2 interrupted
+        train("rule/testbed.yaml", [*flags, "--resume_from_checkpoint", "true"])
     rs = json.loads((tmp_path / "rule-rs" / "run.json").read_text())
-    assert rs["resumed_from"].endswith("checkpoint-4") and json.loads((run / "run.json").read_text())[
-        "resumed_from"] is None
+    assert rs["resumed_from"].endswith("checkpoint-4") and rs["pipeline"]["stage"] == "rs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rule.partial", "rule-rs"]
+    assert checkpoints(tmp_path / ".rule.partial") == ["checkpoint-2"]
+    stamp = (tmp_path / "rule-rs" / "run.json").stat().st_mtime_ns
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", real)
+    run = train("rule/testbed.yaml", [*flags, "--resume_from_checkpoint", "true"])  # stage 1 reused, stage 2 resumed
+    assert (tmp_path / "rule-rs" / "run.json").stat().st_mtime_ns == stamp
+    info = json.loads((run / "run.json").read_text())
+    assert info["resumed_from"].endswith("checkpoint-2") and info["pipeline"]["stage"] == "rebo"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rule", "rule-rs"]

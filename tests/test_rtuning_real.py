@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from datasets import load_from_disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -1,12 +1,13 @@
 """RULE: the reward on hand cases (junk included), the settings it rejects, stage 1 teaching refusals that name
 the target, stage 2 training against the stage-1 model (LoRA: TRL's frozen copy of the stage-1 adapter), and the
-two-stage run reusing a finished stage 1."""
+two-stage pipeline: both stages checked before stage 1 trains, a finished stage 1 reused."""
 
 import json
 
 import pytest
 import torch
-from datasets import Dataset, load_from_disk
+import transformers
+from datasets import Dataset, DatasetDict, load_from_disk
 from safetensors.torch import load_file
 
 from posttrain.evals.hf_engine import HFEngine
@@ -17,6 +18,7 @@ from posttrain.trainers.rule import RULEConfig, judge, prepare, rule_reward
 from test_unlearn import _rejected
 
 GRPO = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--num_generations", "4", "--logging_steps", "1"]
+REBO = [f"--rebo.{f[2:]}" if f.startswith("--") else f for f in GRPO]  # the same, for the pipeline's stage 2
 LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_dropout", "0", "--lora_target_modules", "q_proj", "v_proj"]
 
 
@@ -59,7 +61,6 @@ def test_judge_reports_what_it_saw_and_the_penalty_is_a_setting():
     ({"beta": 0.0}, "beta must be positive"),
     ({"num_generations": 1, "generation_batch_size": 1, "per_device_train_batch_size": 1}, "at least 2"),
     ({"refusals": ["I do not know ."]}, "no refusal names the target"),
-    ({"stage": "rl"}, "stage must be one of"),
     ({"reward_weights": [1.0]}, "reward_weights do not apply"),
     ({"junk_penalty": -1.0}, "junk_penalty must be >= 0"),
     pytest.param({"use_vllm": True}, "use_vllm needs CUDA", marks=pytest.mark.skipif(torch.cuda.is_available(),
@@ -80,10 +81,41 @@ def test_prepare_needs_forget_and_boundary_queries(tmp_path):
 
 
 def test_bad_settings_exit_2_with_one_line(capsys, tiny_run, rule_data, tmp_path):
-    _rejected(capsys, "rule/testbed.yaml", tiny_run, rule_data, tmp_path / "r", ["--beta", "0"],
-              "beta must be positive")
+    _rejected(capsys, "rule/testbed.yaml", tiny_run, rule_data, tmp_path / "r", ["--rebo.beta", "0"],
+              "stage rebo: beta must be positive")
     _rejected(capsys, "rule/testbed.yaml", tiny_run, rule_data, tmp_path / "r", ["--dataset_train_split", "retain"],
               "lacks column(s) kind")
+    _rejected(capsys, "rule/testbed.yaml", tiny_run, rule_data, tmp_path / "r", ["--beta", "0"],
+              "stage rs: unknown flags: ['--beta', '0'] (a flag sets every stage, --NAME.KEY stage NAME alone")
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Building any trainer fails the test: what is checked must be checked before stage 1 trains."""
+    def trained(self, *args, **kwargs):
+        raise AssertionError(f"{type(self).__name__} was built")
+
+    monkeypatch.setattr(transformers.Trainer, "__init__", trained)
+
+
+def _without(data, tmp_path, change):
+    """A copy of the RULE data with its ``rule`` split changed: what stage 1 trains on is still there."""
+    dd = load_from_disk(str(data))
+    out = tmp_path / "data"
+    DatasetDict({**dd, "rule": change(dd["rule"])}).save_to_disk(str(out))
+    return out
+
+
+@pytest.mark.parametrize("change, flags, message", [
+    (None, ["--dataset_eval_split", "rule"], "stage rebo: rule reads no eval split: drop dataset_eval_split"),
+    (lambda ds: ds.remove_columns("gold"), [], "stage rebo: split 'rule' lacks column(s) gold"),
+    (lambda ds: ds.filter(lambda r: r["kind"] == "forget"), [], "stage rebo: rule: the training set has no boundary"),
+], ids=["eval_split", "no_gold", "no_boundary"])
+def test_stage_two_is_checked_before_stage_one_trains(capsys, no_training, tiny_run, rule_data, tmp_path, change,
+                                                       flags, message):
+    data = _without(rule_data, tmp_path, change) if change else rule_data
+    _rejected(capsys, "rule/testbed.yaml", tiny_run, data, tmp_path / "runs" / "rule", flags, message)
+    assert not (tmp_path / "runs").exists()  # no stage-1 run, no partial one
 
 
 def _greedy(run, base, ds):
@@ -109,7 +141,7 @@ def test_rejection_steering_teaches_refusals_naming_the_target(tiny_run, rule_da
 def test_two_stage_run_trains_against_stage_one_and_reuses_it(tiny_run, rule_data, tmp_path, lora):
     out = tmp_path / "rule"
     flags = ["--model_name_or_path", str(tiny_run), "--dataset_path", str(rule_data), "--output_dir", str(out),
-             *GRPO, *(LORA if lora else [])]
+             *REBO, *(LORA if lora else [])]
     run = train("rule/testbed.yaml", flags)
     info = json.loads((run / "run.json").read_text())
     logged = {k for row in info["log_history"] for k in row}
@@ -117,11 +149,15 @@ def test_two_stage_run_trains_against_stage_one_and_reuses_it(tiny_run, rule_dat
     # the KL reference is the stage-1 model: at the first step, before any update, the policy is that model
     assert next(row["kl"] for row in info["log_history"] if "kl" in row) == pytest.approx(0.0, abs=1e-6)
     rs = tmp_path / "rule-rs"
-    assert (rs / "run.json").is_file() and json.loads((rs / "run.json").read_text())["config"]["method"] == "rule_rs"
+    rs_info = json.loads((rs / "run.json").read_text())
+    assert rs_info["config"]["method"] == "rule_rs" and rs_info["config"]["max_steps"] == -1  # its own epochs
+    for record, stage in ((rs_info, "rs"), (info, "rebo")):  # which pipeline and stage each run belongs to
+        assert record["pipeline"]["stage"] == stage and record["pipeline"]["stages"] == ["rs", "rebo"]
+        assert record["pipeline"]["recipe"].endswith("rule/testbed.yaml")
     if lora:
         # the result is one adapter on the base model (not TRL's "ref" copy), trained on from stage 1's
         assert (run / "adapter_config.json").is_file() and not (run / "ref").exists()
-        assert info["config"]["init_adapter"] == str(rs)
+        assert info["config"]["init_adapter"] == str(rs) and info["config"]["model_name_or_path"] == str(tiny_run)
         before, after = (load_file(str(r / "adapter_model.safetensors")) for r in (rs, run))
         assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     else:
@@ -130,12 +166,15 @@ def test_two_stage_run_trains_against_stage_one_and_reuses_it(tiny_run, rule_dat
     stamp = (rs / "run.json").stat().st_mtime_ns
     train("rule/testbed.yaml", [*flags, "--overwrite_output_dir", "true"])
     assert (rs / "run.json").stat().st_mtime_ns == stamp
-    with pytest.raises(Exception, match="already exists"):
-        train("rule/testbed.yaml", [*flags, "--output_dir", str(tmp_path / "other"), "--rs_output_dir", str(rs),
+    with pytest.raises(Exception, match="stage rs: output directory .* already exists"):
+        train("rule/testbed.yaml", [*flags, "--output_dir", str(tmp_path / "other"), "--rs.output_dir", str(rs),
                                     "--seed", "7"])
+    assert not (tmp_path / "other").exists()
 
 
 def test_stage_rebo_runs_grpo_alone(tiny_run, rule_data, tmp_path):
     run = train("rule/testbed.yaml", ["--model_name_or_path", str(tiny_run), "--dataset_path", str(rule_data),
                                       "--output_dir", str(tmp_path / "rebo"), "--stage", "rebo", *GRPO])
     assert not (tmp_path / "rebo-rs").exists() and (run / "model.safetensors").is_file()
+    info = json.loads((run / "run.json").read_text())
+    assert info["config"]["model_name_or_path"] == str(tiny_run) and info["pipeline"]["stages"] == ["rebo"]

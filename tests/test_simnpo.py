@@ -9,7 +9,7 @@ import torch
 from datasets import load_from_disk
 
 from posttrain.core.modeling import load_model, load_tokenizer
-from posttrain.trainers.npo import answer_logps
+from posttrain.trainers.base import answer_logps
 from posttrain.trainers.simnpo import SimNPOConfig, SimNPOTrainer, simnpo_loss
 from posttrain.trainers.unlearn import PairedCollator, prepare
 from test_unlearn import LORA, _nll, _rejected, _unlearn

@@ -123,3 +123,54 @@ def test_hf_engine_serves_the_adapter_unmerged(tiny_lora, tiny_run):
         logp = torch.log_softmax(ref(ids).logits[0], -1)
     n = len(eng.tok(prompts[0])["input_ids"])
     assert tuned == pytest.approx([logp[i - 1, ids[0, i]].item() for i in range(n, ids.shape[1])], abs=1e-5)
+
+
+def test_a_finished_run_keeps_no_pickle(tiny_run, tiny_lora):
+    """The Trainer's ``training_args.bin`` (a pickle) is dropped: the resolved config is in run.json."""
+    for run in (tiny_run, tiny_lora):
+        assert not (run / "training_args.bin").exists() and not list(run.glob("*.bin"))
+        assert json.loads((run / "run.json").read_text())["config"]["learning_rate"] > 0
+
+
+def _from(tiny_run, tiny_kg, out, *extra):
+    return ["train", "testbed/base.yaml", "--from_scratch", "false", "--model_name_or_path", tiny_run,
+            "--dataset_path", tiny_kg, "--output_dir", out, "--max_steps", "1", *extra]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (TINY_MODEL, "num_hidden_layers 1, intermediate_size 256: the scratch model's sizes apply only with "
+                 "from_scratch: true"),
+    (["--max_position_embeddings", "64"], "max_position_embeddings 64: the scratch model's sizes apply only"),
+])
+def test_scratch_sizes_without_from_scratch_are_refused(capsys, tmp_path, tiny_run, tiny_kg, flags, message):
+    out = tmp_path / "run"
+    proc = cli(capsys, *_from(tiny_run, tiny_kg, out, *flags))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"posttrain: error: {message}"), \
+        proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--use_peft", "true", "--lora_r", "8"], "lora_r 8 would be ignored: init_adapter {} is trained with its own "
+                                              "LoRA settings (r 4); drop them"),
+    (["--lora_target_modules", "all-linear"], "lora_target_modules all-linear would be ignored"),
+    (["--lora_dropout", "0.1", "--use_dora", "true"], "lora_dropout 0.1, use_dora True would be ignored"),
+])
+def test_lora_settings_an_init_adapter_would_override_are_refused(capsys, tmp_path, tiny_run, tiny_kg, tiny_lora,
+                                                                 flags, message):
+    out = tmp_path / "run"
+    proc = cli(capsys, *_from(tiny_run, tiny_kg, out, "--init_adapter", tiny_lora, *flags))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"posttrain: error: {message.format(tiny_lora)}"), lines[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_lora_settings_the_init_adapter_has_are_accepted(capsys, tmp_path, tiny_run, tiny_kg, tiny_lora):
+    """The recipe that made the adapter, given again with it (as a continued run does): nothing is ignored."""
+    out = tmp_path / "run"
+    proc = cli(capsys, *_from(tiny_run, tiny_kg, out, "--init_adapter", tiny_lora, "--use_peft", "true",
+                              "--lora_r", "4", "--lora_target_modules", "v_proj", "q_proj"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4

@@ -3,6 +3,7 @@ tiny base model (full fine-tuning and LoRA), the reference model, starting from 
 
 import copy
 import json
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -11,14 +12,18 @@ from datasets import Dataset, load_from_disk
 from peft import LoraConfig
 from safetensors.torch import load_file
 
-from conftest import cli
+from conftest import ROOT, cli
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.core.modeling import load_model, load_tokenizer
 from posttrain.train import train
+from posttrain.trainers import get_method
 from posttrain.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from posttrain.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
+from posttrain.trainers.idk_sft import IdkSFTConfig, IdkSFTTrainer
+from posttrain.trainers.npo import NPOConfig, NPOTrainer
+from posttrain.trainers.simnpo import SimNPOConfig, SimNPOTrainer
 from posttrain.trainers.sft import SFTConfig, SFTTrainer
-from posttrain.trainers.unlearn import PairedCollator, prepare
+from posttrain.trainers.unlearn import PairedCollator, UnlearnConfig, UnlearnTrainer, prepare
 
 FAST = ["--learning_rate", "5e-4", "--max_steps", "5", "--logging_steps", "1"]
 LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--learning_rate", "3e-3"]
@@ -110,6 +115,44 @@ def test_collator_tokenises_like_trl_sft_and_masks_the_prompt(tiny_run, tiny_kg,
 
 
 # --- the methods ----------------------------------------------------------------------------------------------------
+
+def test_the_family_is_one_chain_each_method_bringing_only_its_forget_term():
+    """open-unlearning's chain: GradAscent and GradDiff on the base, NPO, SimNPO and IdkSFT on GradDiff. The loss is
+    the base's (GradDiff's adds the retain term), a method overrides forget_loss; retain_weight is GradDiff's, the
+    halves are named in reads once (GradAscent: the base's forget half)."""
+    chain = {GradAscentTrainer: UnlearnTrainer, GradDiffTrainer: UnlearnTrainer, NPOTrainer: GradDiffTrainer,
+             SimNPOTrainer: GradDiffTrainer, IdkSFTTrainer: GradDiffTrainer}
+    configs = {GradAscentConfig: UnlearnConfig, GradDiffConfig: UnlearnConfig, NPOConfig: GradDiffConfig,
+               SimNPOConfig: GradDiffConfig, IdkSFTConfig: GradDiffConfig}
+    assert all(cls.__bases__ == (parent,) for cls, parent in (*chain.items(), *configs.items()))
+    assert all("forget_loss" in vars(cls) for cls in chain)
+    assert [cls for cls in chain if "compute_loss" in vars(cls)] == [GradDiffTrainer]
+    assert UnlearnTrainer.reads.splits == GradAscentTrainer.reads.splits == ("forget",)
+    assert [cls for cls in chain if "reads" in vars(cls)] == [GradDiffTrainer, IdkSFTTrainer]  # IdkSFT: + entity
+    assert all(cls.reads.splits == ("forget", "retain") for cls in chain if issubclass(cls, GradDiffTrainer))
+    assert [cls for cls in configs if "retain_weight" in cls.__annotations__] == [GradDiffConfig]
+    assert "retain_weight" not in {f.name for f in fields(GradAscentConfig)}
+
+
+@pytest.mark.parametrize("method, sign", [("grad_ascent", -1), ("grad_diff", -1), ("idk_sft", 1)])
+def test_the_loss_is_forget_weight_x_the_forget_term_plus_retain_weight_x_the_retain_nll(tiny_run, tiny_kg, tmp_path,
+                                                                                         method, sign):
+    module, tok = get_method(method), load_tokenizer(str(tiny_run))
+    kg = load_from_disk(str(tiny_kg))
+    weights = {"forget_weight": 2.0, **({} if method == "grad_ascent" else {"retain_weight": 0.5})}
+    args = module.Config(output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=4, **weights)
+    data = {part: kg[part].select_columns(list(module.Trainer.reads.columns)) for part in module.Trainer.reads.splits}
+    trainer = module.Trainer(load_model(str(tiny_run)), args, train_dataset=module.prepare(data, args).train,
+                             processing_class=tok)
+    inputs = PairedCollator(tok)([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.train()  # as at the first step (the tiny model has no dropout)
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, inputs).item()
+        nll = {part: trainer.model(**batch).loss.item() for part, batch in inputs.items()}
+    assert list(inputs) == list(module.Trainer.reads.splits)
+    assert loss == pytest.approx(sign * 2.0 * nll["forget"] + 0.5 * nll.get("retain", 0.0), rel=1e-6)
+    assert trainer._metrics["train"]["forget_nll"] == [pytest.approx(nll["forget"], rel=1e-6)]
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -225,9 +268,10 @@ def test_the_trainer_draws_fresh_retain_partners_each_epoch(tiny_run, tiny_kg, t
 @pytest.mark.slow
 def test_init_adapter_is_the_starting_point_and_is_trained(tiny_run, tiny_kg, tiny_lora, tmp_path):
     start = load_file(tiny_lora / "adapter_model.safetensors")
-    # learning rate 0: the saved adapter is the one started from; the LoRA settings of the recipe add nothing
+    # learning rate 0: the saved adapter is the one started from, with its own LoRA settings (other ones given with
+    # init_adapter are refused: posttrain.train.check_ignored)
     still = _unlearn("grad_ascent", tiny_run, tiny_kg, tmp_path / "still", "--init_adapter", tiny_lora,
-                     "--learning_rate", "0", "--use_peft", "true", "--lora_r", "8")
+                     "--learning_rate", "0", "--use_peft", "true")
     saved = load_file(still / "adapter_model.safetensors")
     assert saved.keys() == start.keys() and all(torch.equal(saved[k], start[k]) for k in start)
     assert json.loads((still / "adapter_config.json").read_text())["r"] == 4
@@ -253,6 +297,16 @@ def test_settings_that_would_misapply_graddiff_exit_2_with_one_line(capsys, tiny
                                                                       flags, message):
     _rejected(capsys, "grad_diff", tiny_run, tiny_kg, tmp_path / "run", flags, message)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_grad_ascent_recipe_with_a_retain_weight_is_an_error(capsys, tiny_run, tiny_kg, tmp_path):
+    """GradAscent has no retain term, so no retain_weight to ignore: as a recipe key or a flag it is unknown."""
+    recipe = tmp_path / "ga.yaml"
+    shipped = (ROOT / "recipes/unlearn/grad_ascent.yaml").read_text()
+    recipe.write_text(shipped.replace("forget_weight: 1.0\n", "forget_weight: 1.0\nretain_weight: 1.0\n"))
+    _rejected(capsys, str(recipe), tiny_run, tiny_kg, tmp_path / "run", [], "unknown keys: retain_weight")
+    _rejected(capsys, "grad_ascent", tiny_run, tiny_kg, tmp_path / "run", ["--retain_weight", "0"],
+              "unknown flags: ['--retain_weight'")
 
 
 def test_trainer_rejects_unpaired_data(tiny_run, tmp_path):

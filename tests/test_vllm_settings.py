@@ -1,6 +1,8 @@
-"""``llm_settings``: the ``vllm.LLM`` arguments per device, resolved without starting an engine."""
+"""``llm_settings``: the ``vllm.LLM`` arguments per device, resolved without starting an engine; what the engine
+asks of ``vllm.LLM`` (a stand-in) when bars are off and when a prompt has no tokens."""
 
 import inspect
+import os
 
 import pytest
 
@@ -60,3 +62,65 @@ def test_a_bad_value_stops_the_engine_before_vllm_starts(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama", "dtype": "bfloat16"}')
     with pytest.raises(UsageError, match="one process"):
         VLLMEngine(str(tmp_path), tensor_parallel_size=2, device="cpu")
+
+
+class FakeLLM:
+    """Stands in for ``vllm.LLM``: records each generate call's ``use_tqdm``; every prompt token has log-prob -1."""
+
+    def __init__(self, **_):
+        self.use_tqdm = []
+
+    def generate(self, prompts, params, lora_request=None, use_tqdm=True):
+        from types import SimpleNamespace
+
+        self.use_tqdm.append(use_tqdm)
+        token = SimpleNamespace(logprob=-1.0)
+        return [SimpleNamespace(outputs=[SimpleNamespace(text=" x")],
+                                prompt_logprobs=[None] + [{t: token} for t in p["prompt_token_ids"][1:]])
+                for p in prompts]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path, tiny_chat_model):
+    """A ``VLLMEngine`` over ``FakeLLM`` on the tiny chat model (its tokenizer adds no BOS token)."""
+    import vllm
+
+    monkeypatch.setattr(vllm, "LLM", FakeLLM)
+    for var in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "VLLM_ENABLE_V1_MULTIPROCESSING",
+                "VLLM_CONFIGURE_LOGGING"):  # the engine sets these defaults: undone after the test
+        monkeypatch.setenv(var, os.environ.get(var, str(tmp_path)))
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    return lambda **kw: VLLMEngine(str(tiny_chat_model), device="cpu", **kw)
+
+
+@pytest.mark.parametrize("progress, disable, drawn", [(True, None, True), (True, "1", False), (False, None, False)])
+def test_vllm_draws_its_bars_only_when_bars_are_on(monkeypatch, fake_vllm, progress, disable, drawn):
+    """With ``TQDM_DISABLE=1`` vLLM's own bar was a disabled tqdm, and vLLM divides by its elapsed time (0):
+    ZeroDivisionError. Bars off: ``use_tqdm=False`` in every call."""
+    if disable:
+        monkeypatch.setenv("TQDM_DISABLE", disable)
+    eng = fake_vllm(progress=progress)
+    assert eng.generate(["Which country is Lyon in?"], max_tokens=2) == [["x"]]
+    assert eng.score(["Which country is Lyon in?"], [" France."]) == [[-1.0] * len(eng.tok(" France.")["input_ids"])]
+    assert len(eng.llm.use_tqdm) == 2
+    assert all(callable(u) for u in eng.llm.use_tqdm) if drawn else eng.llm.use_tqdm == [False, False]
+
+
+def test_vllm_refuses_a_prompt_of_no_tokens_in_one_line(fake_vllm):
+    """vLLM refused it with a traceback in generate ("The decoder prompt cannot be empty") and score
+    (``prompt_logprobs[0] is None``)."""
+    eng = fake_vllm()
+    with pytest.raises(UsageError, match="prompt 1 is empty: the tokenizer gives it no token to condition on"):
+        eng.generate(["Which country is Lyon in?", ""])
+    with pytest.raises(UsageError, match="prompt 0 is empty"):
+        eng.score([""], [" Paris."])
+    assert eng.llm.use_tqdm == []  # vLLM was never asked
+
+
+def test_vllm_never_scores_the_first_token_of_a_text(fake_vllm):
+    """"Which" is two tokens in this BPE, the first not the prompt's "W": as in ``HFEngine.score``, the
+    continuation's log-probs are the last token's (the first has none; it was a TypeError)."""
+    eng = fake_vllm()
+    assert [len(eng.tok(t)["input_ids"]) for t in ("W", "Which")] == [1, 2]
+    assert eng.tok("W")["input_ids"][0] != eng.tok("Which")["input_ids"][0]
+    assert eng.score(["W"], ["hich"]) == [[-1.0]]

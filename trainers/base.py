@@ -1,12 +1,14 @@
 """What every posttrain trainer shares: the data a method reads (``Reads``) and hands its trainer (``Prepared``),
 device-aware defaults for any TRL config, weight decay that spares embeddings, saving the trained adapter only,
-and tokenising a prompt/completion pair as TRL's SFT does (plain text or a chat template)."""
+tokenising a prompt/completion pair as TRL's SFT does (plain text or a chat template), and the log-probability of a
+batch's answers (``answer_logps``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.trainer_pt_utils import get_parameter_names
 from trl.data_utils import common_prefix_length, is_conversational
@@ -67,6 +69,12 @@ class DeviceDefaults:
         if self.bf16 is None:
             self.bf16 = cuda_bf16() and not self.fp16
         super().__post_init__()
+
+    def eval_settings(self) -> dict:
+        """What ``posttrain eval`` must know to judge this run as it was trained, written into its ``run.json``
+        (``eval_settings``): a suite option name -> value. None by default; a method whose model answers in a way of
+        its own says so (the refusals it learned, a certainty suffix, a verifier)."""
+        return {}
 
 
 class NoEmbeddingDecayMixin:
@@ -139,3 +147,18 @@ def check_max_length(tokenizer, prompts, completions, max_length: int | None, wh
     longest = max((len(tokenize(tokenizer, p, c)[0]) for p, c in zip(prompts, completions)), default=0)
     if longest > max_length:
         raise ConfigError(f"max_length {max_length} would cut {what} off the longest example ({longest} tokens)")
+
+
+def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a causal LM batch: the summed log-probability of its answer tokens (labels other than -100;
+    position t predicts label t+1), in float64, and how many there are (int64).
+
+    float64 because the callers take differences and exponentials of these sums: DCO's 1 − p of a near-sure answer
+    (a float32 log-softmax rounds log p of a token with p > 1 − 6e-8 to 0, and 1 − p with it; its weights need the
+    sums to float64 precision, ``dco.py``), NPO's log-ratio of two near-equal sums. Only the answer positions are
+    upcast (the log-softmax of an [answer tokens, vocabulary] matrix), not every position of the batch."""
+    gold = labels[:, 1:]
+    keep = gold != -100
+    token = F.log_softmax(logits[:, :-1][keep].double(), -1).gather(-1, gold[keep][:, None])[:, 0]
+    rows = torch.arange(len(gold), device=gold.device)[:, None].expand_as(gold)[keep]
+    return torch.zeros(len(gold), dtype=torch.float64, device=logits.device).index_add(0, rows, token), keep.sum(-1)

@@ -12,9 +12,10 @@ once p ≳ 1/N: problems the model already solves with N tries stop pulling its 
 
 ``p_estimate: sequence`` (the paper's direct-answer DCO): p = exp(s), s = Σ_t log p(y_t | x, y_<t) over the
 completion's tokens (the answer given the problem; with one correct answer string, exactly what pass@N samples).
-The loss is computed in float64 in log space — log(1 − e^x) by the two-branch log1mexp, s capped just below 0 (a
-float32 log-softmax can round a sure token to log p = 0), and ℓ_N = −log N − s where N·p < e^−40 (there
-1 − (1 − p)^N = N·p to float64 precision; the other branch is fed a harmless value so its gradient is never inf).
+The loss is computed in float64 in log space (s too: ``base.answer_logps``) — log(1 − e^x) by the two-branch
+log1mexp, s capped just below 0 (a float32 log-softmax can round a sure token to log p = 0), and ℓ_N = −log N − s
+where N·p < e^−40 (there 1 − (1 − p)^N = N·p to float64 precision; the other branch is fed a harmless value so its
+gradient is never inf).
 
 ``p_estimate: sampled`` (the paper's DCO_a, for worked solutions, where p — a sum over every trace that reaches the
 answer — has no closed form): before each step, ``p_samples`` completions are sampled per problem from the model
@@ -47,10 +48,9 @@ from importlib import import_module
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from posttrain.core.errors import ConfigError
-from posttrain.trainers.base import check_max_length
+from posttrain.trainers.base import answer_logps, check_max_length
 from posttrain.trainers.sft import SFTConfig, SFTTrainer, prepare
 
 __all__ = ["DCOConfig", "DCOTrainer", "coverage_weight", "dco_loss", "log1mexp", "prepare"]
@@ -122,14 +122,8 @@ class DCOConfig(SFTConfig):
             raise ConfigError(f"eval_pass_at must hold k >= 1, got {self.eval_pass_at}")
         super().__post_init__()
 
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """s per row: the sum of log p(label) over the labelled positions (labels shifted by one), in float64."""
-    gold = labels[:, 1:]
-    keep = gold != -100
-    logp = F.log_softmax(logits[:, :-1][keep].double(), -1).gather(-1, gold[keep][:, None])[:, 0]
-    rows = torch.arange(len(gold), device=gold.device)[:, None].expand_as(gold)[keep]
-    return torch.zeros(len(gold), dtype=torch.float64, device=logits.device).index_add(0, rows, logp)
+    def eval_settings(self) -> dict:
+        return {"verifier": self.verifier}  # the reasoning suite checks samples as the confidence weights did
 
 
 class DCOTrainer(SFTTrainer):
@@ -151,8 +145,8 @@ class DCOTrainer(SFTTrainer):
                 raise ConfigError(f"verifier {args.verifier!r} is not an importable module:function") from None
         eos = processing_class.eos_token_id if processing_class is not None else None
         # the gold answer without its end: EOS (a chat template's end-of-turn) and whatever the template puts after it
-        kwargs.setdefault("preprocess_logits_for_metrics", lambda logits, labels: sequence_logps(
-            logits, labels.masked_fill((labels == eos).cumsum(-1) > 0, -100)))
+        kwargs.setdefault("preprocess_logits_for_metrics", lambda logits, labels: answer_logps(
+            logits, labels.masked_fill((labels == eos).cumsum(-1) > 0, -100))[0])
         kwargs.setdefault("compute_metrics", self.exact_pass_at_k)
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          **kwargs)
@@ -169,7 +163,7 @@ class DCOTrainer(SFTTrainer):
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask")}
         outputs = model(**forward, use_cache=False)
-        s = sequence_logps(outputs.logits, labels)
+        s, _ = answer_logps(outputs.logits, labels)
         n = self.args.n
         if self.args.p_estimate == "sampled" and model.training:
             weight = coverage_weight(self.sampled_p(model, inputs), n)

@@ -3,11 +3,13 @@ open-unlearning's ``GradDiff``; METHODS.md §9.2).
 
 L = -forget_weight · CE(forget) + retain_weight · CE(retain), each CE the mean token cross-entropy of that half's
 answers (prompt masked); each forget item is paired with a random retain item (``unlearn.prepare``). What differs
-from ``SFTTrainer``: the paired data and collator of ``unlearn.py`` and ``compute_loss``. Rejected, because they
-would silently make it another method: ``retain_weight <= 0`` (GradAscent, or worse), ``forget_weight <= 0``, a
-recipe without a forget or retain split, and forget items that are also retain items. Left out: open-unlearning's
-``retain_loss_type: KL`` (KL to the model before unlearning on the retain half; the reference it needs is
-``reference.py``'s).
+from ``UnlearnTrainer``: ``reads`` (the retain split too), ``retain_weight`` and the retain term added to the base's
+loss; the forget term is GradAscent's. As in open-unlearning, the methods with a retain term (NPO, SimNPO, IdkSFT)
+extend GradDiff and override only its ``forget_loss``. Rejected, because they would silently make it another
+method: ``retain_weight <= 0`` (the retain split read and ignored: for GradDiff that is GradAscent, or worse),
+``forget_weight <= 0``, a recipe without a forget or retain split, and forget items that are also retain items.
+Left out: open-unlearning's ``retain_loss_type: KL`` (KL to the model before unlearning on the retain half; the
+reference it needs is ``reference.py``'s).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 from posttrain.core.errors import ConfigError
 from posttrain.trainers.base import Reads
+from posttrain.trainers.grad_ascent import GradAscentTrainer
 from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, prepare
 
 __all__ = ["GradDiffConfig", "GradDiffTrainer", "prepare"]
@@ -27,8 +30,9 @@ class GradDiffConfig(UnlearnConfig):
 
     def __post_init__(self):
         if self.retain_weight <= 0:
-            raise ConfigError(f"retain_weight must be positive, got {self.retain_weight}: without the retain term "
-                              "GradDiff is GradAscent (method: grad_ascent)")
+            method = type(self).__name__.removesuffix("Config")
+            raise ConfigError(f"retain_weight must be positive, got {self.retain_weight}: {method} reads the retain "
+                              "split for its retain term")
         super().__post_init__()
 
 
@@ -36,11 +40,12 @@ class GradDiffTrainer(UnlearnTrainer):
     """-forget_weight x the forget NLL + retain_weight x the retain NLL; see the module docstring."""
 
     reads = Reads(splits=("forget", "retain"), optional=())
+    forget_loss = GradAscentTrainer.forget_loss  # −CE(forget)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget, outputs = self.nll(model, inputs["forget"], "forget", num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         retain, _ = self.nll(model, inputs["retain"], "retain", num_items_in_batch)
-        loss = -self.args.forget_weight * forget + self.args.retain_weight * retain
+        loss = loss + self.args.retain_weight * retain
         return (loss, outputs) if return_outputs else loss
 
 

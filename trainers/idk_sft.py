@@ -11,11 +11,12 @@ subject, as its experts' declines do: ``posttrain.core.phrases.REFUSALS``, the d
 each CE the mean token cross-entropy of that half's answers (prompt masked), each forget item paired with a random
 retain item as in ``unlearn.py``. Conversational rows (TRL's message lists) keep their messages: the refusal becomes
 the assistant turn's content. ``posttrain train`` saves the rewritten forget split (with the original answer in
-``original_completion``) in the run. What differs from ``UnlearnTrainer``: ``prepare`` and ``compute_loss``; the
-trainer takes only the rewrite. Rejected, because they would silently misapply it: no non-empty refusal, a refusal
-with a placeholder other than ``{s}``, ``{s}`` with a forget item whose ``entity`` is empty, ``retain_weight <= 0``
-(the retain split would be read and ignored), a forget split that was not rewritten (plain SFT on the forget answers
-teaches them), and the shared checks of ``unlearn.py`` (run on the original answers). The registry keeps the
+``original_completion``) in the run. What differs from ``GradDiffTrainer``: ``prepare``, ``forget_loss`` (descent on
+the refusals, not ascent on the answers) and the ``entity`` column it reads; the trainer takes only the rewrite.
+Rejected, because they would silently misapply it: no non-empty refusal, a refusal with a placeholder other than
+``{s}``, ``{s}`` with a forget item whose ``entity`` is empty, ``retain_weight <= 0`` (the retain split would be
+read and ignored), a forget split that was not rewritten (plain SFT on the forget answers teaches them), and the
+shared checks of ``grad_diff.py`` and ``unlearn.py`` (run on the original answers). The registry keeps the
 ``entity`` column, so a dataset needs one (empty strings do when no refusal names the subject). Left out: IdkDPO
 (the refusal preferred over the forget answer, NPO's reference), and open-unlearning's drawing of a fresh refusal at
 every access (here one per item, fixed by the seed).
@@ -24,16 +25,17 @@ every access (here one per item, fixed by the seed).
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from datasets import Dataset
 
 from posttrain.core.phrases import REFUSALS
 from posttrain.core.errors import ConfigError
-from posttrain.trainers.base import Prepared, Reads, answer_text, with_answer
+from posttrain.trainers.base import Prepared, answer_text, with_answer
 from posttrain.trainers import unlearn
-from posttrain.trainers.unlearn import ForgetRetain, UnlearnConfig, UnlearnTrainer, check_retain_weight
+from posttrain.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
+from posttrain.trainers.unlearn import ForgetRetain
 
 __all__ = ["IdkSFTConfig", "IdkSFTTrainer", "build", "prepare"]
 
@@ -41,10 +43,9 @@ ORIGINAL = "original_completion"
 
 
 @dataclass
-class IdkSFTConfig(UnlearnConfig):
+class IdkSFTConfig(GradDiffConfig):
     refusals: list[str] = field(default_factory=lambda: list(REFUSALS), metadata={
         "help": "The 'I don't know' answers, one drawn per forget item; '{s}' is replaced by its entity."})
-    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain NLL (open-unlearning's alpha)."})
 
     def __post_init__(self):
         if not [r for r in self.refusals if r.strip()]:
@@ -55,8 +56,10 @@ class IdkSFTConfig(UnlearnConfig):
             if fields - {"s"}:
                 raise ConfigError(f"refusal {r!r} has placeholder(s) {', '.join(sorted(fields - {'s'}))}: only {{s}} "
                                   "(the item's entity) is filled in")
-        check_retain_weight(self.retain_weight, "IdkSFT")
         super().__post_init__()
+
+    def eval_settings(self) -> dict:
+        return {"refusals": list(self.refusals)}  # the refusals it learned count as refusals
 
 
 def build(forget: Dataset, args: IdkSFTConfig) -> Dataset:
@@ -81,19 +84,17 @@ def build(forget: Dataset, args: IdkSFTConfig) -> Dataset:
 
 def prepare(data: dict[str, Dataset], args: IdkSFTConfig, model_name: str = "") -> Prepared:
     """The registry's data step: ``unlearn.prepare``'s checks on the original pairs, then the forget split rewritten
-    to refusals (``build``) and paired with the retain split."""
+    to refusals (``build``) and paired with the retain split (the trainer rejects a set without one)."""
     checked = unlearn.prepare(data, args, model_name)
-    if "retain" not in checked.train.parts:
-        raise ConfigError("IdkSFT needs a retain split (dataset_retain_split)")
     forget = build(data["forget"], args)
     stats = {**checked.stats, "refusals": len(set(map(answer_text, forget["completion"])))}
-    return Prepared(ForgetRetain(forget, checked.train.parts["retain"], checked.train.seed), None, stats)
+    return Prepared(ForgetRetain(forget, checked.train.parts.get("retain"), checked.train.seed), None, stats)
 
 
-class IdkSFTTrainer(UnlearnTrainer):
+class IdkSFTTrainer(GradDiffTrainer):
     """forget_weight x the NLL of the refusals + retain_weight x the retain NLL; see the module docstring."""
 
-    reads = Reads(splits=("forget", "retain"), optional=(), columns=("prompt", "completion", "entity"))
+    reads = replace(GradDiffTrainer.reads, columns=(*GradDiffTrainer.reads.columns, "entity"))
 
     def __init__(self, model, args: IdkSFTConfig, train_dataset: ForgetRetain, *a, **kwargs):
         forget = getattr(train_dataset, "parts", {}).get("forget")
@@ -102,11 +103,9 @@ class IdkSFTTrainer(UnlearnTrainer):
                               "on it would teach the forget answers; build it with posttrain.trainers.idk_sft.prepare")
         super().__init__(model, args, train_dataset, *a, **kwargs)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget, outputs = self.nll(model, inputs["forget"], "forget", num_items_in_batch)
-        retain, _ = self.nll(model, inputs["retain"], "retain", num_items_in_batch)
-        loss = self.args.forget_weight * forget + self.args.retain_weight * retain
-        return (loss, outputs) if return_outputs else loss
+    def forget_loss(self, model, batch, num_items_in_batch=None):
+        """CE(forget question → refusal): the refusals' mean token NLL, descended."""
+        return self.nll(model, batch, "forget", num_items_in_batch)
 
 
 Config, Trainer = IdkSFTConfig, IdkSFTTrainer  # the names the method registry loads

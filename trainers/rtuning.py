@@ -77,6 +77,14 @@ class RTuningConfig(SFTConfig):
             raise ConfigError("sure and unsure must differ")
         super().__post_init__()
 
+    def eval_settings(self) -> dict:
+        """The certainty question and answers; the suffix variant's model asks it itself (``certainty_suffix``),
+        the refusal variant's refusals count as refusals."""
+        certainty = {"sure_question": self.sure_question, "sure": self.sure, "unsure": self.unsure}
+        if self.variant == "suffix":
+            return {"certainty_suffix": True, **certainty}
+        return {"refusals": list(self.refusals), **certainty}
+
 
 def certain(ds: Dataset, split: str = "correctness") -> list[bool]:
     """Which items are certain: the probe's correctness, or the lowest-entropy floor(N/2) items."""

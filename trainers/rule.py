@@ -26,14 +26,14 @@ answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as man
   ``rule/forget_{refusal,named,junk}`` and ``rule/boundary_{refusal,correct,junk}``, beside TRL's
   ``frac_reward_zero_std`` (groups whose completions all scored alike: no gradient).
 
-``method: rule`` with ``stage: both`` (the default) runs stage 1 first with the recipe ``rs_recipe`` (its model,
-data, seed and LoRA settings taken from this recipe) into ``rs_output_dir`` (default ``<output_dir>-rs``), then
-stage 2 on its result: with full fine-tuning the stage-1 model, with LoRA the stage-1 adapter trained further, TRL
-keeping a frozen copy of it as the reference — in both cases the KL reference is the stage-1 model. A finished
-stage-1 run made from the same settings is reused, so a run that failed in stage 2 goes on at stage 2; stage 1
-saves checkpoints as the recipe's ``save_*`` settings say, and ``resume_from_checkpoint: true`` goes on from the
-interrupted stage's last checkpoint (stage 2 starts afresh after a resumed stage 1). ``stage: rebo`` runs stage 2
-alone on ``model_name_or_path``.
+The two stages run as a pipeline recipe of ``posttrain train`` (``stages:``, see ``posttrain.recipe``), e.g.
+``rule/testbed.yaml``: stage ``rs`` (``rule/rejection_steering.yaml``) into ``<output_dir>-rs``, then stage ``rebo``
+(``method: rule``) into ``output_dir``; this module's ``method: rule`` is stage 2 alone, on ``model_name_or_path``.
+In the pipeline stage 2 starts from stage 1's run: with full fine-tuning the stage-1 model, with LoRA the stage-1
+adapter trained further, TRL keeping a frozen copy of it as the reference — in both cases the KL reference is the
+stage-1 model. ``posttrain train`` checks both stages (settings, splits, columns, data steps) before stage 1 trains,
+reuses a finished stage 1 of the same settings (a run that failed in stage 2 goes on at stage 2), resumes the
+interrupted stage with ``resume_from_checkpoint: true``, and runs stage 2 alone with ``--stage rebo``.
 
 Chat models: TRL's conversational rows (``prompt`` and stage 1's ``completion`` as message lists) keep the chat
 template in both stages; GRPO then hands the reward the completions as messages, and it judges the assistant turn's
@@ -56,9 +56,7 @@ Left out: the paper's PPO and REINFORCE++ variants, its regex refusal detector (
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,13 +67,10 @@ from posttrain.core.answers import (HEDGES, MATCH_RULES, cut_at_stop, is_correct
                                refusal_subject)
 from posttrain.core.phrases import ANSWER_STOP, REFUSALS
 from posttrain.core.errors import ConfigError
-from posttrain.core.runs import complete_checkpoints, partial_dir
 from posttrain.trainers.base import DeviceDefaults, Prepared, Reads, TrainedAdapterOnly, answer_text, check_chat_template
 from posttrain.trainers.rejection_steering import KINDS, check_columns
 
-__all__ = ["RULEConfig", "RULETrainer", "judge", "rule_reward", "prepare", "run_stage_one"]
-
-STAGES = ("both", "rebo")
+__all__ = ["RULEConfig", "RULETrainer", "judge", "rule_reward", "prepare"]
 
 
 def judge(completion: str, kind: str, target: str, gold: str, refusals, stop, junk_penalty: float,
@@ -117,18 +112,11 @@ class RULEConfig(DeviceDefaults, trl.GRPOConfig):
     match: str = field(default="exact", metadata={
         "help": "How a boundary answer is judged right against its gold, as the evaluation's --match: exact, "
                 "contains (whole words: a chat model's sentence) or rouge_recall (ROUGE-L recall >= 0.3, the paper)."})
-    stage: str = field(default="both", metadata={
-        "help": "'both': rejection steering (rs_recipe) first, then GRPO on its result; 'rebo': GRPO alone."})
-    rs_recipe: str = field(default="rule/rejection_steering.yaml", metadata={"help": "Stage 1's recipe."})
-    rs_output_dir: str | None = field(default=None, metadata={
-        "help": "Where stage 1's run goes (and is reused from); default <output_dir>-rs."})
     beta: float = field(default=0.01, metadata={"help": "KL coefficient to the stage-1 model (paper: 1e-2)."})
 
     def __post_init__(self):
         if self.match not in MATCH_RULES:
             raise ConfigError(f"match must be one of {', '.join(MATCH_RULES)}, got {self.match!r}")
-        if self.stage not in STAGES:
-            raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if not self.beta > 0:
             raise ConfigError(f"beta must be positive, got {self.beta}: RULE keeps the policy near the stage-1 "
                               "model by a KL term")
@@ -146,6 +134,9 @@ class RULEConfig(DeviceDefaults, trl.GRPOConfig):
         if self.reward_weights is not None:
             raise ConfigError("reward_weights do not apply: RULE's reward is one function")
         super().__post_init__()
+
+    def eval_settings(self) -> dict:
+        return {"refusals": list(self.refusals)}  # the refusals it learned count as refusals
 
 
 def prepare(data: dict[str, Dataset], args: RULEConfig, model_name: str = "") -> Prepared:
@@ -201,49 +192,4 @@ class RULETrainer(TrainedAdapterOnly, trl.GRPOTrainer):
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
 
 
-# ---- the two-stage run -----------------------------------------------------------------------------------------
-
-def stage_one_overrides(recipe, out: Path) -> list[str]:
-    """Stage 1's flags from the stage-2 recipe: its model, data, seed and LoRA settings."""
-    m, d = recipe.model, recipe.data
-    flags = ["--dataset_path", d.dataset_path, "--dataset_train_split", d.dataset_train_split,
-             "--seed", str(recipe.train.seed), "--output_dir", str(out), "--use_peft", str(m.use_peft).lower()]
-    flags += ["--model_name_or_path", m.model_name_or_path] if m.model_name_or_path else []
-    if m.use_peft:
-        flags += ["--lora_r", str(m.lora_r), "--lora_alpha", str(m.lora_alpha), "--lora_dropout", str(m.lora_dropout)]
-        if m.lora_target_modules:
-            targets = m.lora_target_modules
-            flags += ["--lora_target_modules", *([targets] if isinstance(targets, str) else targets)]
-    return flags
-
-
-def run_stage_one(recipe, train_fn) -> None:
-    """``stage: both``: stage 1 (reused when a finished run of the same settings is at ``rs_output_dir``), then
-    point the recipe at its result. ``train_fn``: ``posttrain.train.train``."""
-    args = recipe.train
-    if args.stage != "both":
-        return
-    if recipe.data.init_adapter:
-        raise ConfigError("init_adapter does not apply with stage: both (stage 2 starts from stage 1's run)")
-    out = Path(args.rs_output_dir or f"{args.output_dir.rstrip('/')}-rs")
-    flags = stage_one_overrides(recipe, out)
-    done = out / "run.json"
-    if not (done.is_file() and json.loads(done.read_text()).get("stage_flags") == [args.rs_recipe, *flags]):
-        # resuming an interrupted two-stage run: stage 1 goes on from its own checkpoint if it has one, and stage
-        # 2, which had not started, starts afresh
-        resume = str(args.resume_from_checkpoint).lower() == "true" and complete_checkpoints(partial_dir(out))
-        saving = ["--save_strategy", getattr(args.save_strategy, "value", args.save_strategy), "--save_steps",
-                  str(args.save_steps), *(["--save_total_limit", str(args.save_total_limit)]
-                                          if args.save_total_limit else [])]  # both stages checkpoint alike
-        train_fn(args.rs_recipe, [*flags, *saving, "--overwrite_output_dir", str(args.overwrite_output_dir).lower(),
-                                  *(["--resume_from_checkpoint", "true"] if resume else [])],
-                 extra={"stage_flags": [args.rs_recipe, *flags]})
-        args.resume_from_checkpoint = None
-    if recipe.model.use_peft:
-        recipe.data.init_adapter = str(out)  # stage 2 trains stage 1's adapter further; TRL freezes a copy as ref
-    else:
-        recipe.model.model_name_or_path = str(out)
-
-
 Config, Trainer = RULEConfig, RULETrainer  # the names the method registry loads
-before = run_stage_one  # posttrain train runs it first (stage: both)

@@ -12,9 +12,11 @@ open-unlearning's: β = 4.5, δ = 0, forget_weight = 0.125 (its γ, "npo_coeff")
 loss the mean token NLL. β sets where it stops pushing: the gradient is weighted by 2·σ(β·lp + δ), about 1e-4 at
 β = 4.5 for answers whose mean token log-probability is −2 already.
 The margin is applied as in the paper, after scaling; open-unlearning writes σ(β·(−lp − δ)), i.e. β·δ — the same at
-the default δ = 0. What differs from ``UnlearnTrainer``: ``compute_loss``; logged per step beside ``forget_nll`` and
-``retain_nll``: ``simnpo_loss`` (L_SimNPO). Rejected, because they would silently misapply it: ``beta <= 0``,
-``retain_weight <= 0`` (the retain split would be read and ignored), and the shared checks of ``unlearn.py``.
+the default δ = 0. What differs from ``GradDiffTrainer`` (open-unlearning's ``SimNPO(GradDiff)``): ``forget_loss``
+(lp from the float64 sums of ``base.answer_logps``, the loss float32) and the default ``forget_weight``; logged per
+step beside ``forget_nll`` and ``retain_nll``: ``simnpo_loss`` (L_SimNPO). Rejected, because they would silently
+misapply it: ``beta <= 0``, ``retain_weight <= 0`` (the retain split would be read and ignored), and the shared
+checks of ``grad_diff.py`` and ``unlearn.py``.
 Left out: open-unlearning's ``retain_loss_type: KL``.
 """
 
@@ -25,9 +27,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from posttrain.trainers.npo import answer_logps, check_beta
-from posttrain.trainers.base import Reads
-from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer, check_retain_weight, prepare
+from posttrain.trainers.base import answer_logps
+from posttrain.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
+from posttrain.trainers.npo import check_beta
+from posttrain.trainers.unlearn import prepare
 
 __all__ = ["SimNPOConfig", "SimNPOTrainer", "prepare", "simnpo_loss"]
 
@@ -38,33 +41,27 @@ def simnpo_loss(logp: torch.Tensor, length: torch.Tensor, beta: float, delta: fl
 
 
 @dataclass
-class SimNPOConfig(UnlearnConfig):
+class SimNPOConfig(GradDiffConfig):
     forget_weight: float = field(default=0.125, metadata={
         "help": "Weight of the forget term (open-unlearning's gamma, 'npo_coeff')."})
     beta: float = field(default=4.5, metadata={"help": "SimNPO's inverse temperature β."})
     delta: float = field(default=0.0, metadata={"help": "SimNPO's reward margin (the paper's γ)."})
-    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain NLL (open-unlearning's alpha)."})
 
     def __post_init__(self):
         check_beta(self.beta)
-        check_retain_weight(self.retain_weight, "SimNPO")
         super().__post_init__()
 
 
-class SimNPOTrainer(UnlearnTrainer):
+class SimNPOTrainer(GradDiffTrainer):
     """forget_weight x L_SimNPO(forget) + retain_weight x the retain NLL; see the module docstring."""
 
-    reads = Reads(splits=("forget", "retain"), optional=())
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        batch = inputs["forget"]
+    def forget_loss(self, model, batch, num_items_in_batch=None):
+        """L_SimNPO of the forget half; logs ``simnpo_loss``."""
         _, outputs = self.nll(model, batch, "forget", num_items_in_batch)
         logp, length = answer_logps(outputs.logits, batch["labels"])
-        forget = simnpo_loss(logp, length.clamp(min=1), self.args.beta, self.args.delta)
-        retain, _ = self.nll(model, inputs["retain"], "retain", num_items_in_batch)
-        self.record("simnpo_loss", forget)
-        loss = self.args.forget_weight * forget + self.args.retain_weight * retain
-        return (loss, outputs) if return_outputs else loss
+        loss = simnpo_loss(logp, length.clamp(min=1), self.args.beta, self.args.delta).float()
+        self.record("simnpo_loss", loss)
+        return loss, outputs
 
 
 Config, Trainer = SimNPOConfig, SimNPOTrainer  # the names the method registry loads

@@ -13,6 +13,20 @@
 * ``UnlearnConfig`` / ``UnlearnTrainer``: posttrain's SFT config and trainer (their device-aware precision and
   checkpointing kept) with TRL's dataset preparation switched off, the paired collator, ``nll`` (the mean token
   cross-entropy of one half) and, for methods that set ``uses_reference``, ``self.reference`` (``reference.py``).
+  Their loss is ``forget_weight · forget_loss(forget half)``; a method overrides the ``forget_loss`` hook.
+
+The family is open-unlearning's chain, config beside trainer:
+
+    UnlearnTrainer                   forget_weight · forget_loss            reads forget
+    ├── GradAscentTrainer            forget_loss = −CE(forget)
+    └── GradDiffTrainer              + retain_weight · CE(retain)           reads forget, retain
+        ├── NPOTrainer               forget_loss = L_NPO (a reference model)
+        ├── SimNPOTrainer            forget_loss = L_SimNPO
+        └── IdkSFTTrainer            forget_loss = CE(forget → refusal)
+
+``retain_weight`` (its check) and the retain term belong to GradDiff (``grad_diff.py``), which the methods with a
+retain term extend; GradAscent has neither, so a GradAscent recipe that sets ``retain_weight`` is an unknown key.
+``Trainer.reads`` is the one place a method names the halves it reads.
 
 Normalisation, as HF's Trainer does it for its own loss: a half's token mean is over every answer token of that half
 in the optimizer step — all accumulated micro-batches, all processes (``average_tokens_across_devices``) — so that a
@@ -44,13 +58,6 @@ from posttrain.trainers.reference import Reference
 from posttrain.trainers.sft import SFTConfig, SFTTrainer
 
 PARTS = ("forget", "retain")
-
-
-def check_retain_weight(retain_weight: float, method: str) -> None:
-    """A method with a retain term needs it: weight 0 would read the retain split and ignore it."""
-    if retain_weight <= 0:
-        raise ConfigError(f"retain_weight must be positive, got {retain_weight}: {method} reads the retain split "
-                          "for its retain term")
 
 
 @dataclass
@@ -165,9 +172,10 @@ def answer_tokens(labels: torch.Tensor) -> torch.Tensor:
 
 
 class UnlearnTrainer(SFTTrainer):
-    """Base of the forget/retain methods: a subclass sets ``reads`` (its ``splits``: the halves its loss reads) and overrides
-    ``compute_loss`` with ``self.nll(model, inputs[part], part, num_items_in_batch)``; ``uses_reference = True``
-    gives it ``self.reference``. See the module docstring for how the loss is normalised."""
+    """Base of the forget/retain methods: the loss is ``forget_weight · forget_loss``, and a subclass overrides the
+    ``forget_loss`` hook (with ``self.nll(model, batch, "forget", num_items_in_batch)`` for a mean token NLL) and, to
+    read more than the forget half, ``reads``; ``uses_reference = True`` gives it ``self.reference``. See the module
+    docstring for the family and for how the loss is normalised."""
 
     reads = Reads(splits=("forget",), optional=())
     uses_reference: bool = False
@@ -208,6 +216,16 @@ class UnlearnTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, "sum")
         return dict(zip(parts, counts))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        forget, outputs = self.forget_loss(model, inputs["forget"], num_items_in_batch)
+        loss = self.args.forget_weight * forget
+        return (loss, outputs) if return_outputs else loss
+
+    def forget_loss(self, model, batch: dict[str, torch.Tensor], num_items_in_batch=None):
+        """The method's forget term on the forget half ``batch`` (before ``forget_weight``), and the model's outputs
+        on it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no forget_loss")
 
     def nll(self, model, batch: dict[str, torch.Tensor], name: str, num_items_in_batch: dict | None = None):
         """The mean token cross-entropy of ``batch``'s answers (half ``name``), and the outputs; logged as
