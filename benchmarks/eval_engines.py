@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from posttrain.core.modeling import build_word_tokenizer, scratch_llama
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.evals.vllm_engine import VLLMEngine
-from posttrain.core.modeling import build_word_tokenizer, scratch_llama
 
 
 def testbed(work: Path) -> tuple[str, str]:

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from eval_engines import random_llama, testbed  # benchmarks/ is on sys.path when run as a script
-from posttrain.evals.engines import default_engine
 from posttrain.core.modeling import load_tokenizer
+from posttrain.evals.engines import default_engine
 
 ENGINES = ("vllm", "hf")
 

@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from posttrain.evals import metrics, report
 from posttrain.core.phrases import RTUNING_SURE as SURE, RTUNING_SURE_QUESTION as SURE_QUESTION, RTUNING_UNSURE as UNSURE
+from posttrain.evals import metrics, report
 from rtuning_testbed import posttrain, table  # benchmarks/ is on sys.path when run as a script
 
 SPLITS = ("test", "ood")

@@ -33,8 +33,8 @@ from transformers import TrainerCallback
 from posttrain.core import modeling
 from posttrain.data_gen import kg
 from posttrain.recipe import parse
-from posttrain.trainers.sft import SFTConfig, SFTTrainer
 from posttrain.trainers.base import tokenize as sft_tokenize
+from posttrain.trainers.sft import SFTConfig, SFTTrainer
 
 
 class StepTimer(TrainerCallback):

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, load_from_disk
 
+from posttrain.core.errors import UsageError
 from posttrain.core.phrases import REFUSALS
 from posttrain.data_gen import kg
-from posttrain.core.errors import UsageError
 
 KG_SPLITS = ("seen", "unseen", "forget", "boundary", "retain")
 QUERY_COLUMNS = ("prompt", "completion", "paraphrased_answer", "perturbed_answers", "fact_id", "entity", "relation",

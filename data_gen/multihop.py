@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from posttrain.data_gen import kg
 from posttrain.core.answers import verify  # noqa: F401  (the verifier of every reasoning generator)
 from posttrain.core.errors import UsageError
+from posttrain.data_gen import kg
 
 FORMS = ("cot", "direct")
 SPLITS = ("train", "valid", "test")

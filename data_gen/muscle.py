@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from posttrain.data_gen import kg
 from posttrain.core.errors import UsageError
+from posttrain.data_gen import kg
 
 KG_SPLITS = ("corpus", "seen", "unseen")
 FACT_COLUMNS = ("fact_id", "entity", "entity_type", "relation", "answer", "answer_type", "exposure")

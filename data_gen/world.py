@@ -47,8 +47,8 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from posttrain.core.answers import contains, words
-from posttrain.data_gen.kg import qa_prompt
 from posttrain.core.errors import UsageError
+from posttrain.data_gen.kg import qa_prompt
 
 CONTINENTS = {"AF": "Africa", "AN": "Antarctica", "AS": "Asia", "EU": "Europe", "NA": "North America",
               "OC": "Oceania", "SA": "South America"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datasets import DatasetDict
 
-from posttrain.core.phrases import ANSWER_STOP
 from posttrain.core.errors import UsageError
+from posttrain.core.phrases import ANSWER_STOP
 from posttrain.evals import metrics
 
 FREQUENT = 8  # "frequently seen": a fact voiced at least this many times in the pretraining corpus

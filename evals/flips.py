@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 from datasets import DatasetDict
 
-from posttrain.core.phrases import ANSWER_STOP
 from posttrain.core.errors import UsageError
+from posttrain.core.phrases import ANSWER_STOP
 from posttrain.evals import metrics
 from posttrain.evals.common import first_rows, golds, greedy_answers
 

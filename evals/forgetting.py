@@ -44,8 +44,8 @@ from pathlib import Path
 from datasets import DatasetDict
 
 from posttrain.core.data import split
-from posttrain.core.phrases import ANSWER_STOP
 from posttrain.core.errors import UsageError
+from posttrain.core.phrases import ANSWER_STOP
 from posttrain.evals import metrics
 from posttrain.evals.common import first_rows, golds, greedy_answers, judged
 

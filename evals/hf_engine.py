@@ -7,9 +7,9 @@ from transformers import LogitsProcessor, StoppingCriteria
 
 from posttrain.core import modeling
 from posttrain.core.answers import cut_at_stop
-from posttrain.evals.engine_base import (batches, checkpoint_dtype, common_prefix, default_device,
-                                    groups_by_adapter, resolve_dtype)
 from posttrain.core.progress import bar
+from posttrain.evals.engine_base import (batches, checkpoint_dtype, common_prefix, default_device,
+                                         groups_by_adapter, resolve_dtype)
 
 SCORE_CHUNK_BYTES = 1 << 28  # fp32 log-softmax computed at most this many bytes at a time
 

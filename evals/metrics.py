@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from posttrain.core.answers import (HEDGES, MATCH_RULES, contains, exact_match, is_correct, is_degenerate,  # noqa: F401
-                               is_refusal, normalize, refusal_subject,
-                               rouge_l_recall)  # the suites' metrics: answers.py is where training reads them too
+                                    is_refusal, normalize, refusal_subject,
+                                    rouge_l_recall)  # the suites' metrics: answers.py is where training reads them too
 
 DEFAULT_REFUSALS = ("I do not know", *HEDGES)  # the testbed's phrase and chat models' free-form hedges
 EXPOSURE_BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, None))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from posttrain.core import modeling
 from posttrain.core.errors import UsageError
-from posttrain.evals.engine_base import (Adapter, checkpoint_dtype, common_prefix, default_device, per_prompt,
-                                    resolve_dtype)
 from posttrain.core.progress import bar
+from posttrain.evals.engine_base import (Adapter, checkpoint_dtype, common_prefix, default_device, per_prompt,
+                                         resolve_dtype)
 
 
 def llm_settings(device: str, dtype: str | None = None, model_dtype: str | None = None,

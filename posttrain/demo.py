@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from datasets import load_from_disk
 
-from posttrain.data_gen import kg
 from posttrain.core.embedded import resolve_name
+from posttrain.data_gen import kg
 from posttrain.evals import metrics, report
 from posttrain.evals.common import FREQUENT
 from posttrain.evaluate import run_eval

@@ -16,14 +16,14 @@ from pathlib import Path
 from posttrain.core import modeling
 from posttrain.core.data import load_eval_data, split
 from posttrain.core.errors import UsageError
-from posttrain.evals import flips, forgetting, metrics, report
-from posttrain.evals.engines import Served
-from posttrain.evals.chat import chat_format, render
-from posttrain.evals.common import check_match, first_rows
-from posttrain.evals.targets import Target, check_reference, engines_for, resolve
 from posttrain.core.progress import bar
 from posttrain.core.registry import Registry
 from posttrain.core.runs import atomic_dir, check_output
+from posttrain.evals import flips, forgetting, metrics, report
+from posttrain.evals.chat import chat_format, render
+from posttrain.evals.common import check_match, first_rows
+from posttrain.evals.engines import Served
+from posttrain.evals.targets import Target, check_reference, engines_for, resolve
 
 SUITES = Registry("suite", {
     "qa": "posttrain.evals.qa", "hallucination": "posttrain.evals.hallucination",

@@ -22,14 +22,14 @@ import json
 from pathlib import Path
 
 from posttrain.core import modeling
-from posttrain.core.data import load_data, split
-from posttrain.core.phrases import ANSWER_STOP
-from posttrain.core.errors import UsageError
-from posttrain.evals import metrics
-from posttrain.evals.chat import chat_format, render
 from posttrain.core.answers import answer_text, cut_at_stop, words
+from posttrain.core.data import load_data, split
+from posttrain.core.errors import UsageError
+from posttrain.core.phrases import ANSWER_STOP
 from posttrain.core.progress import bar
 from posttrain.core.runs import atomic_dir, check_output, write_json
+from posttrain.evals import metrics
+from posttrain.evals.chat import chat_format, render
 
 COLUMNS = ("prompt", "completion")
 PROBE_COLUMNS = ("probe_answer", "probe_correct", "probe_samples", "probe_entropy")

@@ -29,9 +29,9 @@ from trl import get_peft_config, get_quantization_config
 from posttrain.core import modeling
 from posttrain.core.data import load_data, split
 from posttrain.core.errors import ConfigError, UsageError
-from posttrain.recipe import Recipe, parse_stages
 from posttrain.core.runs import (STATE, atomic_dir, check_output, complete_checkpoints, partial_dir, run_info,
-                            write_json)
+                                 write_json)
+from posttrain.recipe import Recipe, parse_stages
 from posttrain.trainers import ROLES, get_method
 from posttrain.trainers.base import Prepared, Reads
 

@@ -9,8 +9,8 @@ import pytest
 from datasets import load_from_disk
 
 from posttrain.core import phrases
-from posttrain.data_gen import boundary, kg
 from posttrain.core.errors import UsageError
+from posttrain.data_gen import boundary, kg
 from posttrain.gen import fingerprint, gen
 
 

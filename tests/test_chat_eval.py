@@ -8,9 +8,9 @@ import pytest
 from conftest import cli
 from datasets import Dataset, DatasetDict
 
-from posttrain.evals import chat, forgetting, hallucination, metrics, qa
-from posttrain.core.phrases import SURE_QUESTION
 from posttrain.core.modeling import load_tokenizer
+from posttrain.core.phrases import SURE_QUESTION
+from posttrain.evals import chat, forgetting, hallucination, metrics, qa
 
 QUESTIONS = [("What is the capital of France?", "Paris", ["Paris"]),
              ("What is the capital of the United States?", "Washington, D.C.", ["Washington, D.C.", "Washington"]),

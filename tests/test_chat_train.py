@@ -17,9 +17,11 @@ from transformers import AutoTokenizer
 from trl.data_utils import is_conversational
 
 from posttrain.core.errors import ConfigError
+from posttrain.core.phrases import RTUNING_SURE as SURE
+from posttrain.core.phrases import RTUNING_SURE_QUESTION as SURE_QUESTION
+from posttrain.core.phrases import RTUNING_UNSURE as UNSURE
 from posttrain.train import train
 from posttrain.trainers import get_method
-from posttrain.core.phrases import RTUNING_SURE as SURE, RTUNING_SURE_QUESTION as SURE_QUESTION, RTUNING_UNSURE as UNSURE
 from posttrain.trainers.base import tokenize
 
 QA = [("What is the capital of France?", "Paris", "France"), ("Which country is Lyon in?", "France", "Lyon"),

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY_MODEL
-from posttrain.data_gen import reasoning
 from posttrain.core.errors import ConfigError
+from posttrain.data_gen import reasoning
 from posttrain.trainers.base import answer_logps
 from posttrain.trainers.dco import DCOConfig, DCOTrainer, coverage_weight, dco_loss
 

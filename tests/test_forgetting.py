@@ -4,10 +4,10 @@ import math
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from posttrain.data_gen import kg
 from posttrain.core.errors import UsageError
-from posttrain.gen import fingerprint
+from posttrain.data_gen import kg
 from posttrain.evals import forgetting, report
+from posttrain.gen import fingerprint
 
 SMALL = dict(n_persons=40, n_companies=8, n_cities=8, n_countries=3, n_years=10, n_forget_persons=3)
 NEW = ("paraphrased_answer", "perturbed_answers")

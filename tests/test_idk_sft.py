@@ -7,10 +7,10 @@ import json
 import pytest
 from datasets import Dataset, load_from_disk
 
+from posttrain.core.modeling import load_model, load_tokenizer
 from posttrain.core.phrases import REFUSALS
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.evals.metrics import is_refusal
-from posttrain.core.modeling import load_model, load_tokenizer
 from posttrain.trainers.idk_sft import IdkSFTConfig, IdkSFTTrainer, prepare
 from posttrain.trainers.unlearn import prepare as unlearn_prepare
 from test_unlearn import LORA, _nll, _rejected, _unlearn

@@ -2,9 +2,9 @@ import pytest
 from datasets import load_from_disk
 
 from posttrain.core import phrases
+from posttrain.core.errors import UsageError
 from posttrain.data_gen import kg
 from posttrain.gen import fingerprint, gen
-from posttrain.core.errors import UsageError
 
 SMALL = dict(n_persons=40, n_companies=8, n_cities=8, n_countries=3, n_years=10, n_forget_persons=3)
 

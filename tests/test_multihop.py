@@ -9,8 +9,8 @@ import pytest
 from datasets import DatasetDict, load_from_disk
 
 from conftest import cli
-from posttrain.data_gen import multihop
 from posttrain.core.errors import UsageError
+from posttrain.data_gen import multihop
 from posttrain.gen import fingerprint, gen
 
 SMALL_KG = ["--n_persons", "40", "--n_companies", "10", "--n_cities", "10", "--n_countries", "5", "--n_years", "12"]

@@ -7,8 +7,8 @@ import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from conftest import TINY_MODEL, posttrain
-from posttrain.data_gen import reasoning
 from posttrain.core.errors import UsageError
+from posttrain.data_gen import reasoning
 from posttrain.evals import reasoning as suite
 from posttrain.gen import fingerprint
 

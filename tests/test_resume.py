@@ -3,14 +3,13 @@ goes on from its last checkpoint (``--resume_from_checkpoint true``) to the weig
 trainer resumed from a checkpoint ends where the uninterrupted run ends; ``save_total_limit`` is honoured."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import DatasetDict, load_from_disk
 
 from conftest import TINY_MODEL, cli, max_weight_diff, posttrain
 from posttrain.gen import gen

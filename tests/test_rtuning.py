@@ -17,10 +17,10 @@ from scipy.stats import entropy
 
 from conftest import posttrain, tiny_dataset
 from posttrain import cli
+from posttrain.core.answers import cut_at_stop
 from posttrain.core.data import probed_model
 from posttrain.core.phrases import SURE, SURE_QUESTION, UNSURE
 from posttrain.evals import hallucination, metrics
-from posttrain.core.answers import cut_at_stop
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.probe import PROBE_COLUMNS, label
 from posttrain.trainers.rtuning import RTuningConfig, RTuningTrainer, build, certain, prepare

@@ -10,8 +10,8 @@ import transformers
 from datasets import Dataset, DatasetDict, load_from_disk
 from safetensors.torch import load_file
 
-from posttrain.evals.hf_engine import HFEngine
 from posttrain.core.answers import is_degenerate, refusal_subject
+from posttrain.evals.hf_engine import HFEngine
 from posttrain.gen import gen
 from posttrain.train import train
 from posttrain.trainers.rule import RULEConfig, judge, prepare, rule_reward

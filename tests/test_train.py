@@ -108,8 +108,8 @@ def test_hf_engine_serves_the_adapter_unmerged(tiny_lora, tiny_run):
     import torch
     from peft import PeftModel
 
-    from posttrain.evals.hf_engine import HFEngine
     from posttrain.core.modeling import load_model
+    from posttrain.evals.hf_engine import HFEngine
 
     eng = HFEngine(str(tiny_run))
     prompts, conts = ["Question: Where was P1 born ? Answer:"], [" C1 ."]

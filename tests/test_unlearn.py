@@ -13,16 +13,16 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 
 from conftest import ROOT, cli
-from posttrain.evals.hf_engine import HFEngine
 from posttrain.core.modeling import load_model, load_tokenizer
+from posttrain.evals.hf_engine import HFEngine
 from posttrain.train import train
 from posttrain.trainers import get_method
 from posttrain.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from posttrain.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
 from posttrain.trainers.idk_sft import IdkSFTConfig, IdkSFTTrainer
 from posttrain.trainers.npo import NPOConfig, NPOTrainer
-from posttrain.trainers.simnpo import SimNPOConfig, SimNPOTrainer
 from posttrain.trainers.sft import SFTConfig, SFTTrainer
+from posttrain.trainers.simnpo import SimNPOConfig, SimNPOTrainer
 from posttrain.trainers.unlearn import PairedCollator, UnlearnConfig, UnlearnTrainer, prepare
 
 FAST = ["--learning_rate", "5e-4", "--max_steps", "5", "--logging_steps", "1"]

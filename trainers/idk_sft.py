@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from datasets import Dataset
 
-from posttrain.core.phrases import REFUSALS
 from posttrain.core.errors import ConfigError
-from posttrain.trainers.base import Prepared, answer_text, with_answer
+from posttrain.core.phrases import REFUSALS
 from posttrain.trainers import unlearn
+from posttrain.trainers.base import Prepared, answer_text, with_answer
 from posttrain.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
 from posttrain.trainers.unlearn import ForgetRetain
 

@@ -1,7 +1,8 @@
 """RULE's stage 1, rejection steering (Zhang et al., arXiv 2506.07171; METHODS.md §2; ``trainers/rule.py`` has
-stage 2, and ``rule/testbed.yaml`` runs the two as a pipeline): plain SFT (posttrain's ``SFTTrainer``, loss on the completion) from the forget
-queries of ``posttrain gen boundary``'s ``rule`` split to their refusals; ``rejection_only: false`` adds the
-boundary queries with their answers (DESIGN.md's variant; the paper's ``reject_target.json`` holds refusals only).
+stage 2, and ``rule/testbed.yaml`` runs the two as a pipeline): plain SFT (posttrain's ``SFTTrainer``, loss on the
+completion) from the forget queries of ``posttrain gen boundary``'s ``rule`` split to their refusals;
+``rejection_only: false`` adds the boundary queries with their answers (DESIGN.md's variant; the paper's
+``reject_target.json`` holds refusals only).
 What differs from ``SFTTrainer``: the data step only. Rejected: a training set without RULE's columns or forget
 queries, and kinds other than forget / boundary.
 """

@@ -60,7 +60,8 @@ class RTuningConfig(SFTConfig):
                 "answered with a refusal."})
     sure_question: str = field(default=RTUNING_SURE_QUESTION, metadata={"help": "The certainty question."})
     sure: str = field(default=RTUNING_SURE, metadata={"help": "Answer to the certainty question on certain items."})
-    unsure: str = field(default=RTUNING_UNSURE, metadata={"help": "Answer to the certainty question on uncertain items."})
+    unsure: str = field(default=RTUNING_UNSURE, metadata={
+        "help": "Answer to the certainty question on uncertain items."})
     refusals: list[str] = field(default_factory=lambda: list(RTUNING_REFUSALS), metadata={
         "help": "Refusal completions for the refusal variant (one drawn per uncertain item)."})
     completion_only_loss: bool | None = field(default=False, metadata={

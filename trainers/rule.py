@@ -64,10 +64,11 @@ import trl
 from datasets import Dataset
 
 from posttrain.core.answers import (HEDGES, MATCH_RULES, cut_at_stop, is_correct, is_degenerate, is_refusal, normalize,
-                               refusal_subject)
-from posttrain.core.phrases import ANSWER_STOP, REFUSALS
+                                    refusal_subject)
 from posttrain.core.errors import ConfigError
-from posttrain.trainers.base import DeviceDefaults, Prepared, Reads, TrainedAdapterOnly, answer_text, check_chat_template
+from posttrain.core.phrases import ANSWER_STOP, REFUSALS
+from posttrain.trainers.base import (DeviceDefaults, Prepared, Reads, TrainedAdapterOnly, answer_text,
+                                     check_chat_template)
 from posttrain.trainers.rejection_steering import KINDS, check_columns
 
 __all__ = ["RULEConfig", "RULETrainer", "judge", "rule_reward", "prepare"]
