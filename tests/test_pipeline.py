@@ -141,30 +141,31 @@ def test_a_finished_stage_of_the_same_settings_is_reused_and_one_of_others_is_re
     assert not plan(parse_stages(path, ["--a.seed", "2", "--overwrite_output_dir", "true"]))[0].reused
 
 
+def _checkpoint(path):
+    """A complete checkpoint directory at ``path`` (as ``runs.complete_checkpoints`` sees one)."""
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text("{}")
+    return path
+
+
 def test_resume_true_resumes_the_first_stage_that_is_not_finished(tmp_path, data):
     path = _pipeline(tmp_path, data)
     a, b = parse_stages(path)
     with pytest.raises(UsageError, match="^stage a: resume_from_checkpoint true: no interrupted run of"):
         plan(parse_stages(path, ["--resume_from_checkpoint", "true"]))
-    ckpt = tmp_path / ".run-a.partial" / "checkpoint-2"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer_state.json").write_text("{}")
+    ckpt = _checkpoint(tmp_path / ".run-a.partial" / "checkpoint-2")
     runs = plan(parse_stages(path, ["--resume_from_checkpoint", "true"]))
     assert runs[0].resume == str(ckpt) and runs[1].resume is None  # stage b starts afresh after stage a
     _finish(a)
     with pytest.raises(UsageError, match="^stage b: resume_from_checkpoint true: no interrupted run of"):
         plan(parse_stages(path, ["--resume_from_checkpoint", "true"]))
-    ckpt = tmp_path / ".run.partial" / "checkpoint-4"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer_state.json").write_text("{}")
+    ckpt = _checkpoint(tmp_path / ".run.partial" / "checkpoint-4")
     runs = plan(parse_stages(path, ["--resume_from_checkpoint", "true"]))
     assert runs[0].reused and runs[1].resume == str(ckpt)
 
 
 def test_a_checkpoint_path_resumes_one_stage_only(tmp_path, data):
-    ckpt = tmp_path / "checkpoint-2"
-    ckpt.mkdir()
-    (ckpt / "trainer_state.json").write_text("{}")
+    ckpt = _checkpoint(tmp_path / "checkpoint-2")
     (ckpt / "optimizer.pt").write_text("")
     with pytest.raises(UsageError, match="^stage b: resume_from_checkpoint .*: stage a trains first"):
         plan(parse_stages(_pipeline(tmp_path, data), ["--b.resume_from_checkpoint", str(ckpt)]))
