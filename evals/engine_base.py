@@ -3,6 +3,8 @@ prompt, the device and dtype a model runs in, and the prompt tokens two requests
 
 from __future__ import annotations
 
+from posttrain.core.errors import UsageError
+
 Adapter = str | None | list[str | None]  # one LoRA adapter for all prompts, or one per prompt (None = base)
 
 
@@ -59,3 +61,14 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
+
+
+def prompt_ids(tokenizer, prompts) -> list[list[int]]:
+    """The prompts' token ids; a prompt of no tokens (an empty one, for a tokenizer that adds no BOS) is a one-line
+    error: nothing conditions a continuation's first token (and vLLM refuses it)."""
+    token_ids = tokenizer(list(prompts))["input_ids"]
+    for i, ids in enumerate(token_ids):
+        if not ids:
+            raise UsageError(f"prompt {i} is empty: the tokenizer gives it no token to condition on (give every "
+                             "prompt some text)")
+    return token_ids

@@ -8,7 +8,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from posttrain.core import modeling
 from posttrain.core.answers import cut_at_stop
 from posttrain.core.progress import bar
-from posttrain.evals.engine_base import (batches, checkpoint_dtype, common_prefix, default_device,
+from posttrain.evals.engine_base import (batches, checkpoint_dtype, common_prefix, default_device, prompt_ids,
                                          groups_by_adapter, resolve_dtype)
 
 SCORE_CHUNK_BYTES = 1 << 28  # fp32 log-softmax computed at most this many bytes at a time
@@ -62,6 +62,7 @@ class HFEngine:
         """``n`` completions per prompt, each cut after its first stop string and stripped. Greedy (temperature 0)
         decodes each prompt once; sampling expands prompt i to n rows, and row (i, j) draws its tokens with its own
         generator seeded from (seed, i, j) (``RowSampler``), so samples do not depend on batching."""
+        prompt_ids(self.tok, prompts)  # a prompt of no tokens: one line
         sample = temperature > 0
         rows = [(i, j) for i in range(len(prompts)) for j in range(n if sample else 1)]
         texts: dict[tuple[int, int], str] = {}
@@ -90,6 +91,7 @@ class HFEngine:
         tokenisations of the prompt and of prompt + continuation diverge)."""
         if len(prompts) != len(continuations):
             raise ValueError("prompts and continuations differ in length")
+        prompt_ids(self.tok, prompts)  # a prompt of no tokens: one line
         out: list[list[float]] = [[] for _ in prompts]
         for ad, group in groups_by_adapter(adapter, len(prompts)):
             self._use(ad)

@@ -11,7 +11,7 @@ from posttrain.core import modeling
 from posttrain.core.errors import UsageError
 from posttrain.core.progress import bar
 from posttrain.evals.engine_base import (Adapter, checkpoint_dtype, common_prefix, default_device, per_prompt,
-                                         resolve_dtype)
+                                         prompt_ids, resolve_dtype)
 
 
 def llm_settings(device: str, dtype: str | None = None, model_dtype: str | None = None,
@@ -105,16 +105,6 @@ class VLLMEngine:
         non-empty value, which tqdm reads as true): vLLM divides by a bar's elapsed time, 0 on a disabled one."""
         return partial(bar, leave=False) if self.progress and not os.environ.get("TQDM_DISABLE") else False
 
-    def _encode(self, prompts) -> list[list[int]]:
-        """The prompts' token ids; a prompt of no tokens (an empty one, for a tokenizer that adds no BOS) is a
-        one-line error: vLLM refuses it, and nothing conditions a continuation's first token."""
-        token_ids = self.tok(list(prompts))["input_ids"]
-        for i, ids in enumerate(token_ids):
-            if not ids:
-                raise UsageError(f"prompt {i} is empty: the tokenizer gives it no token to condition on (give every "
-                                 "prompt some text)")
-        return token_ids
-
     @staticmethod
     def _prompts(token_ids: list[list[int]]) -> list:
         from vllm.inputs import TokensPrompt
@@ -132,7 +122,7 @@ class VLLMEngine:
                                  seed=seed * 1_000_003 + i if sample else None, skip_special_tokens=True,
                                  stop=stop, include_stop_str_in_output=True)
                   for i in range(len(prompts))]
-        outs = self.llm.generate(self._prompts(self._encode(prompts)), params,
+        outs = self.llm.generate(self._prompts(prompt_ids(self.tok, prompts)), params,
                                  lora_request=self._requests(adapter, len(prompts)), use_tqdm=self._tqdm())
         return [[c.text.strip() for c in o.outputs] * (1 if sample else n) for o in outs]
 
@@ -145,7 +135,7 @@ class VLLMEngine:
             raise ValueError("prompts and continuations differ in length")
         full = self.tok([p + c for p, c in zip(prompts, continuations)])["input_ids"]
         # the first token of a text, having no prefix, is never scored (vLLM gives it no log-prob)
-        starts = [max(1, common_prefix(a, b)) for a, b in zip(self._encode(prompts), full)]
+        starts = [max(1, common_prefix(a, b)) for a, b in zip(prompt_ids(self.tok, prompts), full)]
         reqs = self._prompts(full)
         # flat, undecoded log-probs: 3-4x faster than vLLM's default per-token dicts with decoded strings
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False, flat_logprobs=True)

@@ -109,3 +109,16 @@ def test_device_and_dtype(tiny_run, monkeypatch):
     monkeypatch.setattr(hf_engine, "resolve_dtype", lambda *a: seen.append(a) or "float32")
     HFEngine(str(tiny_run), device="cpu")
     assert seen == [(None, "cpu", "float32")]  # the checkpoint's own dtype, read from its config
+
+
+def test_a_prompt_of_no_tokens_is_one_line_for_direct_callers_too(tiny_chat_model):
+    """The chat model's tokenizer adds no BOS, so "" has no token: the engine (which `posttrain probe` calls without
+    `eval`'s up-front check) refuses it in one line instead of answering from padding alone."""
+    from posttrain.core.errors import UsageError
+
+    engine = HFEngine(str(tiny_chat_model), batch_size=4)
+    for call in (lambda: engine.generate(["Which country is Lyon in?", ""], max_tokens=2),
+                 lambda: engine.score([""], [" Paris."])):
+        with pytest.raises(UsageError, match="^prompt 1 is empty|^prompt 0 is empty"):
+            call()
+    assert len(engine.generate(["Which country is Lyon in?"], max_tokens=2)) == 1
