@@ -69,6 +69,11 @@ def prompt_ids(tokenizer, prompts) -> list[list[int]]:
     token_ids = tokenizer(list(prompts))["input_ids"]
     for i, ids in enumerate(token_ids):
         if not ids:
-            raise UsageError(f"prompt {i} is empty: the tokenizer gives it no token to condition on (give every "
-                             "prompt some text)")
+            raise empty_prompt(i)
     return token_ids
+
+
+def empty_prompt(i: int) -> UsageError:
+    """The one-line error for prompt ``i`` of no tokens."""
+    return UsageError(f"prompt {i} is empty: the tokenizer gives it no token to condition on (give every prompt some "
+                      "text)")

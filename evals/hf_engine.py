@@ -8,7 +8,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from posttrain.core import modeling
 from posttrain.core.answers import cut_at_stop
 from posttrain.core.progress import bar
-from posttrain.evals.engine_base import (batches, checkpoint_dtype, common_prefix, default_device, prompt_ids,
+from posttrain.evals.engine_base import (batches, checkpoint_dtype, common_prefix, default_device, empty_prompt,
                                          groups_by_adapter, resolve_dtype)
 
 SCORE_CHUNK_BYTES = 1 << 28  # fp32 log-softmax computed at most this many bytes at a time
@@ -62,7 +62,6 @@ class HFEngine:
         """``n`` completions per prompt, each cut after its first stop string and stripped. Greedy (temperature 0)
         decodes each prompt once; sampling expands prompt i to n rows, and row (i, j) draws its tokens with its own
         generator seeded from (seed, i, j) (``RowSampler``), so samples do not depend on batching."""
-        prompt_ids(self.tok, prompts)  # a prompt of no tokens: one line
         sample = temperature > 0
         rows = [(i, j) for i in range(len(prompts)) for j in range(n if sample else 1)]
         texts: dict[tuple[int, int], str] = {}
@@ -73,6 +72,9 @@ class HFEngine:
             for idx in bar(list(batches(mine, self.batch_size)), self.progress, desc="generate", unit="batch",
                            leave=False):
                 enc = self._encode([prompts[i] for i, _ in idx], "left")
+                empty = (enc["attention_mask"].sum(-1) == 0).nonzero()
+                if len(empty):  # a prompt of no tokens: all padding
+                    raise empty_prompt(idx[int(empty[0])][0])
                 width = enc["input_ids"].shape[1]
                 seqs = self.model.generate(
                     **enc, max_new_tokens=max_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
@@ -91,7 +93,6 @@ class HFEngine:
         tokenisations of the prompt and of prompt + continuation diverge)."""
         if len(prompts) != len(continuations):
             raise ValueError("prompts and continuations differ in length")
-        prompt_ids(self.tok, prompts)  # a prompt of no tokens: one line
         out: list[list[float]] = [[] for _ in prompts]
         for ad, group in groups_by_adapter(adapter, len(prompts)):
             self._use(ad)
@@ -108,7 +109,10 @@ class HFEngine:
                        leave=False):
             full = [prompts[i] + continuations[i] for i in idx]
             ids = self.tok(full)["input_ids"]
-            lens = [len(f) - max(1, common_prefix(self.tok(prompts[i])["input_ids"], f)) for i, f in zip(idx, ids)]
+            prompt_tokens = [self.tok(prompts[i])["input_ids"] for i in idx]
+            if (i := next((i for i, p in zip(idx, prompt_tokens) if not p), None)) is not None:
+                raise empty_prompt(i)
+            lens = [len(f) - max(1, common_prefix(p, f)) for p, f in zip(prompt_tokens, ids)]
             k = max(1, *lens)
             enc = self._encode(full, "left")
             pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
