@@ -110,39 +110,22 @@ def _pattern(template: str) -> re.Pattern | None:
     return re.compile(rf"(?:^| ){body}(?: |$)")
 
 
-def refusal_subject(text: str, refusals: Sequence[str], full: bool = True) -> str | None:
+def refusal_subject(text: str, refusals: Sequence[str]) -> str | None:
     """Who a refusal names: the words of ``text`` that fill ``{s}`` in the first of ``refusals`` (templates, ``{s}``
-    marks the subject; ``""`` for one without ``{s}``) that matches; None when none matches.
-
-    ``full`` (RULE's reward): normalize(text) must be the whole template once ``{s}`` is read as one or more words,
-    punctuation included — a full match, not a search: "I do not know not know" and "I Question: ." are no refusals
-    (partial phrases are how a loose check gets gamed, METHODS.md §2.4). Otherwise (evaluation) the refusal may sit
+    marks the subject; ``""`` for one without ``{s}``) that occurs in it; None when none does. The refusal may sit
     anywhere in the text, on whole words() — case, accents and punctuation ignored — as a chat model writes
     "Sorry, I don't know that." """
-    if not full:
-        joined = " ".join(words(text))
-        for template in refusals:
-            if (pattern := _pattern(template)) is not None and (m := pattern.search(joined)):
-                return m.groupdict().get("s") or ""
-        return None
-    t = normalize(text)
+    joined = " ".join(words(text))
     for template in refusals:
-        head, sep, tail = normalize(template).partition("{s}")
-        if not sep:
-            if t == head:
-                return ""
-            continue
-        if t.startswith(head) and t.endswith(tail) and len(t) > len(head) + len(tail):
-            subject = t[len(head): len(t) - len(tail)].strip()
-            if subject:
-                return subject
+        if (pattern := _pattern(template)) is not None and (m := pattern.search(joined)):
+            return m.groupdict().get("s") or ""
     return None
 
 
 def is_refusal(text: str, refusals: Sequence[str] = HEDGES) -> bool:
     """1[some refusal template (``{s}`` = any words) or phrase of ``refusals`` occurs in ``text`` on whole words]
     (default: the free-form hedges)."""
-    return refusal_subject(text, refusals, full=False) is not None
+    return refusal_subject(text, refusals) is not None
 
 
 FINAL_ANSWER = re.compile(r"The answer is\s+(.*?)\s*(?:\.(?=\s|$)|$)")  # the words up to the first "." word, or the end

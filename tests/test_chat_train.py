@@ -274,7 +274,7 @@ def test_rule_both_stages_on_chat_rows(tmp_path, tiny_chat_model, chat_data, tok
     rs = _recipe(tmp_path, tiny_chat_model, chat_data, "rule_rs", max_steps=1)
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump({
-        "stages": [{"rs": rs}, {"rebo": {"method": "rule", "refusals": [REFUSAL], "stop": [], "num_generations": 2,
+        "stages": [{"rs": rs}, {"rebo": {"method": "rule", "refusals": [REFUSAL], "stop": [], "match": "contains", "num_generations": 2,
                                          "per_device_train_batch_size": 2, "max_completion_length": 6,
                                          "max_steps": 1, "learning_rate": 1e-3, "logging_steps": 1}}],
         "model_name_or_path": str(tiny_chat_model), "dataset_path": str(chat_data), "dataset_train_split": "rule",
@@ -312,7 +312,8 @@ def no_template_model(tiny_chat_model, tmp_path_factory):
 @pytest.mark.parametrize("method, keys", [
     ("sft", {"dataset_train_split": "train"}),
     ("grad_diff", {"dataset_forget_split": "forget", "dataset_retain_split": "retain", "max_length": 64}),
-    ("rule", {"dataset_train_split": "rule", "num_generations": 2, "per_device_train_batch_size": 2}),
+    ("rule", {"dataset_train_split": "rule", "num_generations": 2, "per_device_train_batch_size": 2,
+              "match": "contains", "stop": []}),
 ])
 def test_conversational_rows_need_a_chat_template(tmp_path, no_template_model, chat_data, method, keys):
     with pytest.raises(ConfigError) as info:

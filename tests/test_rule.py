@@ -10,7 +10,8 @@ import transformers
 from datasets import Dataset, DatasetDict, load_from_disk
 from safetensors.torch import load_file
 
-from posttrain.core.answers import is_degenerate, refusal_subject
+from posttrain.core.answers import contains, is_degenerate, is_refusal
+from posttrain.core.phrases import REFUSALS
 from posttrain.evals.hf_engine import HFEngine
 from posttrain.gen import gen
 from posttrain.train import train
@@ -34,7 +35,9 @@ def rule_data(tiny_kg, tmp_path_factory):
     (" Sorry , I do not know about P7 . I am sure .", "forget", 1.0),  # judged as cut at the stop, like the eval
     (" I do not know about P3 .", "forget", 0.5),              # refusal, another name
     (" C5 .", "forget", 0.0),                                  # the forget answer
-    (" I Question: .", "forget", 0.0),                         # a loose check's hack: no full refusal
+    (" I Question: .", "forget", 0.0),                         # no refusal phrase in it
+    (" I do not know about P7 . P7 .", "forget", 1.0),         # cut at the first stop
+    (" C5 . I do not know about P7 .", "forget", 0.0),         # the answer, then (after the stop) a refusal
     (" I do know know know .", "forget", -0.5),                # junk
     (" I do not know about P7", "forget", -0.5),               # unfinished (token limit): junk
     (" C5 .", "boundary", 1.0),                                # answered correctly
@@ -49,18 +52,53 @@ def test_reward_on_hand_cases(completion, kind, reward):
     assert rule_reward(completion, kind, "P7", " C5 .") == reward
 
 
+CHAT_REFUSALS = ["Sorry, I can't share information about {s}."]
+
+
+@pytest.mark.parametrize("completion, kind, reward", [
+    ("Sorry, I can't share information about Burkina Faso.", "forget", 1.0),   # a refusal naming both words
+    ("I'm sorry, but I don't know anything about Burkina Faso.", "forget", 1.0),  # a hedge naming it
+    ("Sorry, I can't share information about Burkina.", "forget", 0.5),       # half the name is no naming
+    ("I'm not sure.", "forget", 0.5),                                          # a hedge, no name
+    ("The capital of Burkina Faso is Ouagadougou.", "forget", 0.0),            # names it, but answers
+    ("Sorry, I can't share information about about about Burkina Faso.", "forget", -0.5),  # junk refusal
+    ("The capital of Ghana is Accra.", "boundary", 1.0),                       # a correct sentence
+    ("Accra is the capital city of Ghana, in West Africa.", "boundary", 1.0),
+    ("The capital of Ghana is Kumasi.", "boundary", 0.5),                      # answers, wrong
+    ("I'm not sure, but I think it is Accra.", "boundary", 0.0),               # hedged: no answer
+    ("I don't have information about Ghana.", "boundary", 0.0),               # refused a neighbour
+    ("Accra Accra Accra", "boundary", -0.5),                                   # junk
+    ("", "boundary", -0.5),                                                    # nothing
+])
+def test_reward_on_chat_answers(completion, kind, reward):
+    assert rule_reward(completion, kind, "Burkina Faso", "Accra", refusals=CHAT_REFUSALS, stop=(),
+                       match="contains") == reward
+
+
+def test_chat_data_needs_a_sentence_matcher_and_no_testbed_stop(tmp_path):
+    msgs = [[{"role": "user", "content": q}] for q in ("What is the capital of Mali?", "What is Ghana's capital?")]
+    train = Dataset.from_dict({"prompt": msgs, "kind": ["forget", "boundary"], "target": ["Mali", "Mali"],
+                               "gold": ["Bamako", "Accra"]})
+    for kw, message in (({"stop": []}, "match: exact on conversational data"),
+                        ({"match": "contains"}, "every completion would be junk")):
+        with pytest.raises(Exception, match=message):
+            prepare({"train": train}, RULEConfig(output_dir=str(tmp_path), report_to="none", **kw))
+    ok = prepare({"train": train}, RULEConfig(output_dir=str(tmp_path), report_to="none", stop=[], match="contains"))
+    assert ok.stats == {"forget": 1, "boundary": 1}
+
+
 def test_judge_reports_what_it_saw_and_the_penalty_is_a_setting():
     seen = judge(" I do not know about P7 .", "forget", "P7", " C5 .", ["I do not know about {s} ."], [" ."], 0.5)
     assert seen == {"reward": 1.0, "refusal": True, "named": True, "junk": False, "correct": False}
     assert rule_reward(" C5 C5 .", "boundary", "P7", " C5 .", junk_penalty=0.0) == 0.0
-    assert refusal_subject("Sorry , I do not know about P 7 .", ["I do not know about {s} ."]) is None  # full match
+    seen = judge(" I do not know about P7 and P3 .", "forget", "P7", " C5 .", ["I do not know about {s} ."], [" ."], 0.5)
+    assert seen["named"] and seen["reward"] == 1.0  # names the target, as the eval's named-refusal rate reads it
     assert not is_degenerate(" P1 was born in C5 .", [" ."]) and is_degenerate("", [" ."])
 
 
 @pytest.mark.parametrize("kw, message", [
     ({"beta": 0.0}, "beta must be positive"),
     ({"num_generations": 1, "generation_batch_size": 1, "per_device_train_batch_size": 1}, "at least 2"),
-    ({"refusals": ["I do not know ."]}, "no refusal names the target"),
     ({"reward_weights": [1.0]}, "reward_weights do not apply"),
     ({"junk_penalty": -1.0}, "junk_penalty must be >= 0"),
     pytest.param({"use_vllm": True}, "use_vllm needs CUDA", marks=pytest.mark.skipif(torch.cuda.is_available(),
@@ -130,9 +168,7 @@ def test_rejection_steering_teaches_refusals_naming_the_target(tiny_run, rule_da
                                                  "--learning_rate", "3e-3", "--num_train_epochs", "20"])
     forget = load_from_disk(str(rule_data))["forget_trained"]
     answers = [a[0] for a in _greedy(run, tiny_run, forget)]
-    named = [refusal_subject(a, ["I do not know about {s} .", "Sorry , I do not know about {s} .",
-                                 "I do not know the answer about {s} ."]) == e.lower()
-             for a, e in zip(answers, forget["entity"])]
+    named = [is_refusal(a, REFUSALS) and contains(a, e) for a, e in zip(answers, forget["entity"])]
     assert sum(named) >= 0.8 * len(named), answers
     assert json.loads((run / "run.json").read_text())["train_data"]["boundary"] == 0  # the paper's refusals only
 

