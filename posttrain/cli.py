@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", default=None, help="reference (old) model or run for the flips suite")
     e.add_argument("--retain_logs", default=None, help="eval output of a retain-only model (forget quality)")
     e.add_argument("--forget_split", default=None, metavar="NAME", help="the split that was unlearned: forget "
-                   "quality against --retain_logs (forgetting; default: forget)")
+                   "quality against --retain_logs (forgetting), the questions --relearn asks (default: forget)")
     e.add_argument("--holdout_split", default=None, metavar="NAME", help="the split never trained on: the "
                    "non-members of the MIA AUC, e.g. TOFU's holdout (forgetting; default: unseen)")
     e.add_argument("--refusal", action="append", default=None, metavar="PHRASE",
@@ -116,7 +116,18 @@ def _parser() -> argparse.ArgumentParser:
                    "answer, kept in it (repeatable; '' for none; default: each suite's, the testbed's ' .')")
     e.add_argument("--bootstrap_iters", type=int, default=1000, help="bootstrap resamples for the standard errors "
                    "of AP, ECE and AUC (0: none)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--relearn", type=int, default=None, metavar="N", help="a relearning attack: fine-tune the model "
+                   "for N optimizer steps on forget rows with their true answers, then ask the forget split's heldout "
+                   "rows (without that column: a seeded half of its facts) before and after; results.json's "
+                   "relearn section")
+    e.add_argument("--relearn_split", default=None, metavar="NAME", help="the split relearned on, less the asked "
+                   "questions (--relearn; default: FORGET_train when the data has it, else the forget split)")
+    e.add_argument("--relearn_lr", type=float, default=None, help="the attack's constant learning rate (--relearn; "
+                   "default 1e-4)")
+    e.add_argument("--relearn_batch_size", type=int, default=None, metavar="N", help="the attack's batch size "
+                   "(--relearn; default 8)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the engines' sampling and the bootstrap, and of "
+                   "--relearn's training and half split")
     e.add_argument("--batch_size", type=int, default=128)
     _engine(e)
     _chat(e)
@@ -222,8 +233,16 @@ def main(argv: list[str] | None = None) -> int:
                 columns=parse_columns(args.columns) if args.columns else None,
                 engine_settings=_engine_settings(args), seed=args.seed, bootstrap_iters=args.bootstrap_iters,
                 overwrite=args.overwrite_output_dir, apply_chat_template=args.apply_chat_template,
-                system_instruction=args.system_instruction)
+                system_instruction=args.system_instruction,
+                relearn={"steps": args.relearn, "split": args.relearn_split, "lr": args.relearn_lr,
+                         "batch_size": args.relearn_batch_size})
             print(summary(results))
+            if args.relearn is not None:
+                import json
+
+                from posttrain import relearn
+
+                print(f"\n{relearn.summary(json.loads((out / 'results.json').read_text())['relearn'])}")
             print(f"wrote {out}")
         elif args.command == "probe":
             from posttrain.probe import probe

@@ -3,6 +3,8 @@
 A target is a model directory, or a LoRA run directory (adapter only; its base model is read from the adapter's
 config), or a model plus ``--adapter``. Bad input (a missing or incompatible model, adapter or reference, an empty
 split or prompt, a missing column, an option that would be ignored) stops the run before any engine starts.
+``--relearn N`` adds a relearning attack (``posttrain.relearn``): the model fine-tuned for N steps on some forget
+facts, the other forget questions asked before and after.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import inspect
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
+from posttrain import relearn as relearning
 from posttrain.core import modeling
 from posttrain.core.data import load_eval_data, split
 from posttrain.core.errors import UsageError
@@ -122,20 +126,24 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
              columns: dict[str, str] | None = None, engine_settings: dict | None = None, seed: int = 0,
              bootstrap_iters: int = 1000, progress: bool = True, overwrite: bool = False,
              apply_chat_template: bool | None = None,
-             system_instruction: str | None = None) -> tuple[Path, dict, dict]:
+             system_instruction: str | None = None, relearn: dict | None = None) -> tuple[Path, dict, dict]:
     """Evaluate a model (or LoRA run) on ``suites`` x ``splits`` with one engine; returns the output directory and
     the results and samples per suite (as written there). ``options``: suite options (``FLAGS``), each of which
     some chosen suite must take; the run's ``run.json`` supplies refusals, the certainty question and whether it
     was tuned with a certainty suffix unless ``options`` give them. Prompts go through the model's chat template
     when its tokenizer has one (``apply_chat_template`` None; ``evals.chat``); answers then end at the end-of-turn
     token, not at the testbed's stop, and are judged by ``contains`` (the gold or an alias as whole words) unless
-    ``options`` give ``stop`` or ``match``. An existing output is replaced only with ``overwrite``."""
+    ``options`` give ``stop`` or ``match``. An existing output is replaced only with ``overwrite``. ``relearn``: the
+    relearning attack's ``steps``, ``split``, ``lr`` and ``batch_size`` (``posttrain.relearn.attack``; None where not
+    given), its section written into ``results.json`` beside the suites' results; the attack takes ``forget_split``
+    from ``options`` too, whatever the suites."""
     given = {k: v for k, v in (options or {}).items() if v is not None}
     for suite in suites:
         SUITES.load(suite)  # an unknown name: one line naming the known ones
     if reference is not None:
         given["reference"] = reference
-    check_options(suites, given)
+    attack = relearning.attack(relearn)
+    check_options(suites, {k: v for k, v in given.items() if not (attack and k == "forget_split")})
     if "match" in given:
         check_match(given["match"])
     if limit is not None and limit < 1:
@@ -152,7 +160,8 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     trained = trained_settings(target)
     tok = modeling.load_tokenizer(target.model)
     fmt = chat_format(tok, apply_chat_template, system_instruction)
-    dd = render(load_eval_data(data, columns), fmt)
+    raw = load_eval_data(data, columns)
+    dd = render(raw, fmt)
     roles = {k: given[k] for k in ("forget_split", "holdout_split") if k in given}
     named_forget = (roles["forget_split"],) if "forget_split" in roles else ()
     chosen = {suite: choose_splits(suite, dd, splits, named_forget if suite == "forgetting" else ())
@@ -166,23 +175,42 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     prompted = dict.fromkeys(s for names in chosen.values() for s in names)
     if "forgetting" in chosen:  # the holdout split's prompts are scored too
         prompted.update(dict.fromkeys({roles.get("holdout_split", forgetting.HOLDOUT)} & set(dd)))
+    rows = attack and relearning.choose(dd, given.get("forget_split", forgetting.FORGET), attack.split, seed)
+    if rows:  # the relearned and the asked rows are prompted too
+        prompted.update(dict.fromkeys([rows.forget_split, rows.split]))
     check_prompts(tok, dd, list(prompted), limit)
     out = Path(output or Path(model) / "eval")
     check_output(out, overwrite)
     start = time.time()
-    engines = engines_for(engine, [target, *([ref] if ref else [])], batch_size, seed, progress, engine_settings)
-    served = Served(engines[target.model], target.adapter)
     chat = {"stop": (), "match": "contains"} if fmt.apply else {}
-    passed = {**chat, **trained, **given, "seed": seed, "bootstrap_iters": bootstrap_iters,
-              "reference": Served(engines[ref.model], ref.adapter) if ref else None}
+    passed = {**chat, **trained, **given, "seed": seed, "bootstrap_iters": bootstrap_iters}
     results, samples, configs = {}, {}, {}
-    for suite in bar(suites, progress, desc="eval", unit="suite"):
-        kwargs = {k: v for k, v in passed.items() if k in suite_options(suite)}
-        results[suite], samples[suite] = SUITES.load(suite).evaluate(served, dd, chosen[suite], limit=limit, **kwargs)
-        configs[suite] = suite_config(suite, kwargs, chosen[suite], fmt.settings())
+    with relearning.scratch(out) if attack else nullcontext() as scratch:
+        targets, settings = [target, *([ref] if ref else [])], dict(engine_settings or {})
+        if attack:
+            relearned, loss = relearning.fine_tune(target, relearning.training_rows(raw, rows), scratch, attack,
+                                                   seed)
+            targets.append(relearned)
+            if not relearned.adapter and settings.get("gpu_memory_utilization") is None:
+                # the fully relearned model is an engine of its own: vLLM's engines share the GPU's default 0.9
+                settings["gpu_memory_utilization"] = round(0.9 / len({t.model for t in targets}), 2)
+        engines = engines_for(engine, targets, batch_size, seed, progress, settings)
+        served = Served(engines[target.model], target.adapter)
+        passed["reference"] = Served(engines[ref.model], ref.adapter) if ref else None
+        for suite in bar(suites, progress, desc="eval", unit="suite"):
+            kwargs = {k: v for k, v in passed.items() if k in suite_options(suite)}
+            results[suite], samples[suite] = SUITES.load(suite).evaluate(served, dd, chosen[suite], limit=limit,
+                                                                         **kwargs)
+            configs[suite] = suite_config(suite, kwargs, chosen[suite], fmt.settings())
+        if attack:
+            options = {k: v for k, v in passed.items() if k in suite_options("forgetting")
+                       and k not in ("retain_logs", "forget_split", "holdout_split")}
+            compared, relearn_samples = relearning.compare(
+                served, Served(engines[relearned.model], relearned.adapter), relearning.asked_rows(dd, rows), options)
+            section = relearning.section(attack, rows, seed, bool(relearned.adapter), loss, compared)
     config = {"model": target.model, "adapter": target.adapter, "data": data, "columns": columns,
               "suites": list(suites), "splits": chosen, "limit": limit, "engine": served.name,
-              "engine_settings": {k: v for k, v in (engine_settings or {}).items() if v is not None},
+              "engine_settings": {k: v for k, v in settings.items() if v is not None},
               "batch_size": batch_size, "reference": reference, "seed": seed, "bootstrap_iters": bootstrap_iters,
               "options": {k: v for k, v in given.items() if k != "reference"}, "trained_with": trained,
               **fmt.settings(),
@@ -190,5 +218,8 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
     better = {suite: higher_is_better(suite, {k: v for r in res.values() for k, v in r.items()})
               for suite, res in results.items()}
     with atomic_dir(out) as tmp:
-        report.write(tmp, results, samples, config, configs, better)
+        report.write(tmp, results, {**samples, **({"relearn": relearn_samples} if attack else {})}, config, configs,
+                     better)
+        if attack:
+            relearning.write(tmp, section)
     return out, results, samples
