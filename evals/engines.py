@@ -25,6 +25,14 @@ class Engine(Protocol):
         ...
 
     def score(self, prompts: list[str], continuations: list[str], adapter: Adapter = None) -> list[list[float]]:
+        """log p(x_t | x_<t) for each token x_t of each continuation after its prompt."""
+        ...
+
+    def token_stats(self, prompts: list[str], continuations: list[str], adapter: Adapter = None) -> list[dict]:
+        """Per continuation, lists over the tokens ``score`` scores: ``logprobs`` (``score``'s), ``argmax``
+        (1[x_t = argmax_v p(v | x_<t)], teacher-forced), ``mean`` and ``std`` of log p under p at that position
+        (mu_t = sum_v p(v) log p(v), sigma_t = sqrt(sum_v p(v) log^2 p(v) - mu_t^2); NaN where the engine cannot
+        compute them: vLLM)."""
         ...
 
 
@@ -74,3 +82,12 @@ class Served:
 
     def score(self, prompts, continuations):
         return self.engine.score(prompts, continuations, adapter=self.adapter)
+
+    def token_stats(self, prompts, continuations):
+        return self.engine.token_stats(prompts, continuations, adapter=self.adapter)
+
+    def grad_norms(self, prompts, continuations):
+        """The engine's per-parameter gradient norms of each continuation (``HFEngine.grad_norms``); None for an
+        engine without gradients (vLLM)."""
+        grad_norms = getattr(self.engine, "grad_norms", None)
+        return grad_norms(prompts, continuations, adapter=self.adapter) if grad_norms else None

@@ -91,20 +91,33 @@ class HFEngine:
     def score(self, prompts, continuations, adapter=None):
         """log p(token | prefix) for each continuation token (the prompt/continuation boundary is where the
         tokenisations of the prompt and of prompt + continuation diverge)."""
+        return [v[:, 0].tolist() for v in self._per_token(prompts, continuations, adapter, token_logprobs)]
+
+    @torch.inference_mode()
+    def token_stats(self, prompts, continuations, adapter=None):
+        """Per continuation, over the tokens ``score`` scores (from the same forward pass): ``logprobs``, ``argmax``
+        (the token is the first argmax of p, as ``torch.argmax``), ``mean`` and ``std`` of log p under p
+        (``vocab_stats``)."""
+        return [{"logprobs": v[:, 0].tolist(), "argmax": v[:, 1].bool().tolist(), "mean": v[:, 2].tolist(),
+                 "std": v[:, 3].tolist()} for v in self._per_token(prompts, continuations, adapter, vocab_stats)]
+
+    def _per_token(self, prompts, continuations, adapter, stats) -> list[torch.Tensor]:
+        """Per continuation, a (tokens, m) tensor of ``stats`` of its tokens, batched by adapter."""
         if len(prompts) != len(continuations):
             raise ValueError("prompts and continuations differ in length")
-        out: list[list[float]] = [[] for _ in prompts]
+        out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
         for ad, group in groups_by_adapter(adapter, len(prompts)):
             self._use(ad)
             self._score(prompts, continuations, sorted(group, key=lambda i: len(prompts[i]) + len(continuations[i])),
-                        out)
+                        out, stats)
         return out
 
-    def _score(self, prompts, continuations, order, out):
+    def _score(self, prompts, continuations, order, out, stats):
         """Left-padded batches (positions count real tokens only: cumsum(mask) - 1) with logits for the last K + 1
         positions, K the longest continuation; log-softmax over the vocabulary in row chunks of at most
-        ``SCORE_CHUNK_BYTES`` of fp32. A continuation of c tokens is the last c of the K scored positions (the first
-        token of a text, having no prefix, is never scored)."""
+        ``SCORE_CHUNK_BYTES`` of fp32, each reduced by ``stats(log_softmax, targets)`` to (rows, K, m) values. A
+        continuation of c tokens is the last c of the K scored positions (the first token of a text, having no
+        prefix, is never scored)."""
         for idx in bar(list(batches(order, self.batch_size)), self.progress, desc="score", unit="batch",
                        leave=False):
             full = [prompts[i] + continuations[i] for i in idx]
@@ -119,10 +132,67 @@ class HFEngine:
             logits = self.model(**enc, position_ids=pos, logits_to_keep=k + 1).logits[:, :-1]
             targets = enc["input_ids"][:, enc["input_ids"].shape[1] - k:, None]
             rows = max(1, SCORE_CHUNK_BYTES // (k * logits.shape[-1] * 4))
-            token_logp = torch.cat([torch.log_softmax(logits[r:r + rows].float(), -1).gather(-1, targets[r:r + rows])
-                                    for r in range(0, len(idx), rows)])[..., 0].cpu()
+            values = torch.cat([stats(torch.log_softmax(logits[r:r + rows].float(), -1), targets[r:r + rows])
+                                for r in range(0, len(idx), rows)]).cpu()
             for j, i in enumerate(idx):
-                out[i] = token_logp[j, k - lens[j]:].tolist()
+                out[i] = values[j, k - lens[j]:]
+
+    def grad_norms(self, prompts, continuations, adapter=None) -> list[list[float]]:
+        """Per continuation, ||dL/dw_j||_2 for each parameter w_j that gets a gradient, L = -mean_t log p(x_t |
+        x_<t) over the tokens ``score`` scores, one sample per backward pass (open-unlearning's GradNorm attack,
+        ``src/evals/metrics/mia/gradnorm.py``, whose score is the mean of these). The parameters: all of the base
+        model, or an adapter's own LoRA weights when one is served (those PEFT trains, the base frozen). Unlike
+        open-unlearning the model stays in eval mode (no dropout: deterministic; Llama-family models have none);
+        nothing is left behind: no ``.grad``, every ``requires_grad`` as it was."""
+        if len(prompts) != len(continuations):
+            raise ValueError("prompts and continuations differ in length")
+        out: list[list[float]] = [[] for _ in prompts]
+        flags = {w: w.requires_grad for w in self.model.parameters()}
+        try:
+            for ad, group in groups_by_adapter(adapter, len(prompts)):
+                self._use(ad)
+                own = None if ad is None else f".{self._adapters[ad]}."
+                weights = [w for n, w in self.model.named_parameters() if own is None or own in f".{n}."]
+                for w in flags:
+                    w.requires_grad_(False)
+                for w in weights:
+                    w.requires_grad_(True)
+                for i in group:
+                    out[i] = self._grad_norms(prompts[i], continuations[i], i, weights)
+        finally:
+            for w, flag in flags.items():
+                w.requires_grad_(flag)
+        return out
+
+    def _grad_norms(self, prompt: str, continuation: str, i: int, weights) -> list[float]:
+        ids = self.tok(prompt + continuation)["input_ids"]
+        prompt_tokens = self.tok(prompt)["input_ids"]
+        if not prompt_tokens:
+            raise empty_prompt(i)
+        start = max(1, common_prefix(prompt_tokens, ids))
+        with torch.enable_grad():
+            logits = self.model(torch.tensor([ids], device=self.device)).logits[0, start - 1:-1].float()
+            targets = torch.tensor(ids[start:], device=self.device)[:, None]
+            loss = -torch.log_softmax(logits, -1).gather(-1, targets).mean()
+            grads = torch.autograd.grad(loss, weights, allow_unused=True)
+        return [g.norm(2).item() for g in grads if g is not None]
+
+
+def token_logprobs(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(x_t) per position: (rows, K, 1) from log-probs (rows, K, V) and targets (rows, K, 1)."""
+    return logp.gather(-1, targets)
+
+
+def vocab_stats(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per position (rows, K, 4): log p(x_t), 1[x_t = argmax_v p(v)], mu_t = sum_v p(v) log p(v) and sigma_t =
+    sqrt(max(0, sum_v p(v) log^2 p(v) - mu_t^2)) (0 log 0 = 0), Min-K%++'s moments (open-unlearning
+    ``mia/min_k_plus_plus.py``)."""
+    p = logp.exp()
+    plogp = torch.where(p > 0, p * logp, 0.0)
+    mu = plogp.sum(-1)
+    var = torch.where(p > 0, plogp * logp, 0.0).sum(-1) - mu.square()
+    best = (logp.argmax(-1) == targets[..., 0]).float()
+    return torch.stack([logp.gather(-1, targets)[..., 0], best, mu, var.clamp(min=0).sqrt()], -1)
 
 
 class RowSampler(LogitsProcessor):

@@ -202,6 +202,91 @@ def mia_auc(member_scores, nonmember_scores):
     return float(auc[0]) if np.ndim(member_scores) == 1 else auc
 
 
+# Membership-inference scores after open-unlearning (locuslab/open-unlearning d3d7cf9, ``src/evals/metrics/mia/``):
+# each signed so that higher = less likely a training member, as the loss; ``mia_auc`` of members against
+# non-members is then open-unlearning's ``mia_auc`` (``mia/utils.py``: roc_auc_score with the holdout labelled 1).
+
+def loss_score(token_logprobs: Sequence[float]) -> float:
+    """LOSS attack (Yeom et al. 2018): the mean token NLL, -mean_t log p(x_t | x_<t) (open-unlearning
+    ``mia/loss.py``: ``evaluate_probability``'s ``avg_loss``)."""
+    return float(-np.mean(token_logprobs))
+
+
+def zlib_score(token_logprobs: Sequence[float], text: str) -> float:
+    """zlib attack (Carlini et al. 2021): loss_score / len(zlib.compress(text.encode("utf-8"))), the mean token NLL
+    over the byte length of the answer text compressed at zlib's default level (open-unlearning ``mia/zlib.py``)."""
+    import zlib
+
+    return loss_score(token_logprobs) / len(zlib.compress(text.encode("utf-8")))
+
+
+MIN_SIGMA = 1e-3  # open-unlearning clamps the variance at 1e-6 before its square root
+
+
+def min_k_plus_plus_score(token_logprobs: Sequence[float], mu: Sequence[float], sigma: Sequence[float],
+                          k: float = 0.4) -> float:
+    """Min-K%++ (Zhang et al., arXiv 2404.02936): per token z_t = (log p(x_t) - mu_t) / max(sigma_t, 1e-3), with
+    mu_t = sum_v p(v) log p(v) and sigma_t = sqrt(sum_v p(v) log^2 p(v) - mu_t^2) under the model's next-token
+    distribution p at position t (the max is open-unlearning's clamp of sigma_t^2 at 1e-6); the score is -mean of the
+    lowest max(1, floor(k T)) of the z_t (open-unlearning ``mia/min_k_plus_plus.py``). NaN where a sigma_t or mu_t
+    is (an engine without the vocabulary distribution)."""
+    z = (np.asarray(token_logprobs, float) - np.asarray(mu, float)) / np.maximum(np.asarray(sigma, float), MIN_SIGMA)
+    if np.isnan(z).any():
+        return float("nan")
+    return float(-np.sort(z)[: max(1, int(k * len(z)))].mean())
+
+
+def reference_score(token_logprobs: Sequence[float], reference_logprobs: Sequence[float]) -> float:
+    """Reference attack: loss_score under the target model - loss_score under a reference model on the same tokens
+    (open-unlearning ``mia/reference.py``: target ``avg_loss`` - reference ``avg_loss``)."""
+    return loss_score(token_logprobs) - loss_score(reference_logprobs)
+
+
+def grad_norm_score(param_grad_norms: Sequence[float]) -> float:
+    """GradNorm attack (arXiv 2402.17012): mean_j ||g_j||_2 over the parameters j that get a gradient g_j of the
+    sample's mean token NLL, each parameter's norm apart, not one norm over all (open-unlearning ``mia/gradnorm.py``,
+    p = 2 as its configs set; its score is this mean, positive, whatever its docstring says)."""
+    return float(np.mean(param_grad_norms))
+
+
+def privleak(auc: float, reference_auc: float = 0.5) -> float:
+    """privleak = ((1 - AUC) - (1 - AUC_ref)) / ((1 - AUC_ref) + 1e-10) * 100, AUC the min-k% MIA AUC of the model,
+    AUC_ref a retain-only model's, 0.5 without one (open-unlearning ``src/evals/metrics/privacy.py``, ``privleak``
+    with ``ref_value`` 0.5 of ``configs/eval/tofu_metrics/privleak.yaml``): 0 = the retain model's leak; negative =
+    members easier to tell from non-members than under the retain model (under-unlearning), positive = harder."""
+    return ((1 - auc) - (1 - reference_auc)) / ((1 - reference_auc) + 1e-10) * 100
+
+
+def exact_memorization(argmax_matches: Sequence[bool]) -> float:
+    """EM = (1/T) sum_t 1[argmax_v p(v | x_<t) = x_t] over the T answer tokens, teacher-forced (open-unlearning
+    ``src/evals/metrics/memorization.py``, ``exact_memorization``)."""
+    return float(np.mean(np.asarray(argmax_matches, dtype=bool)))
+
+
+def extraction_strength(argmax_matches: Sequence[bool]) -> float:
+    """ES = 1 - k/T over the T answer tokens, k the smallest k in 0..T-1 such that the teacher-forced argmax equals
+    the label at every token from k on; k = T - 1 when there is none (open-unlearning ``memorization.py``,
+    ``extraction_strength``: its loop ends there), so ES is at least 1/T and 1 when every token matches."""
+    m = [bool(x) for x in argmax_matches]
+    k = next((k for k in range(len(m)) if all(m[k:])), len(m) - 1)
+    return 1 - k / len(m)
+
+
+def model_utility(values: Sequence[float]) -> float:
+    """The harmonic mean n / sum_i 1/x_i of non-negative values (0 if one is 0; ``scipy.stats.hmean``): TOFU's
+    model utility over its utility metrics (open-unlearning ``src/evals/metrics/utility.py``, ``hm_aggregate``).
+    Rows of a 2-D input (bootstrap resamples) are aggregated independently."""
+    from scipy.stats import hmean
+
+    out = hmean(np.asarray(values, dtype=float), axis=-1)
+    return float(out) if np.ndim(values) == 1 else out
+
+
+def perplexity(token_logprobs: Sequence[float]) -> float:
+    """exp(-mean_t log p(x_t | x_<t)) = exp(loss_score)."""
+    return float(np.exp(loss_score(token_logprobs)))
+
+
 # --- flips ---------------------------------------------------------------------------------------------------------
 
 def flip_items(ref_correct: Sequence[bool], cand_correct: Sequence[bool], ref_answers: Sequence[str],

@@ -81,8 +81,8 @@ def check_adapter(model: str, adapter: str) -> None:
 
 def check_reference(reference: Target, target: Target) -> None:
     if modeling.load_tokenizer(reference.model).get_vocab() != modeling.load_tokenizer(target.model).get_vocab():
-        raise UsageError(f"reference {reference.model} has a different tokenizer than {target.model}; flips "
-                         "compare models on the same token ids")
+        raise UsageError(f"reference {reference.model} has a different tokenizer than {target.model}; flips and "
+                         "the forgetting suite's reference attack compare models on the same token ids")
 
 
 def engines_for(kind: str, targets: list[Target], batch_size: int, seed: int, progress: bool,

@@ -129,6 +129,20 @@ class VLLMEngine:
     def score(self, prompts, continuations, adapter=None):
         """log p(token | prefix) for each continuation token, from vLLM's prompt log-probs (same boundary rule
         as ``HFEngine.score``)."""
+        return [[lp.logprob for lp in row] for row in self._prompt_logprobs(prompts, continuations, adapter)]
+
+    def token_stats(self, prompts, continuations, adapter=None):
+        """As the protocol says, from the request ``score`` sends: ``argmax`` = the token's rank among the prompt
+        log-probs is 1 (vLLM ranks a token by how many tokens are at least as likely: a tie for the maximum, which
+        ``torch.argmax`` may settle for the token, counts as no argmax); ``mean`` and ``std`` NaN (they need the whole
+        vocabulary's log-probs, which vLLM returns only as top-k lists)."""
+        nan = float("nan")
+        return [{"logprobs": [lp.logprob for lp in row], "argmax": [lp.rank == 1 for lp in row],
+                 "mean": [nan] * len(row), "std": [nan] * len(row)}
+                for row in self._prompt_logprobs(prompts, continuations, adapter)]
+
+    def _prompt_logprobs(self, prompts, continuations, adapter) -> list[list]:
+        """Per continuation, vLLM's ``Logprob`` (log-prob and rank) of each of its tokens."""
         from vllm import SamplingParams
 
         if len(prompts) != len(continuations):
@@ -147,8 +161,7 @@ class VLLMEngine:
         else:
             outs = self.llm.generate(reqs, params, lora_request=self._requests(adapter, len(reqs)),
                                      use_tqdm=self._tqdm())
-        return [[o.prompt_logprobs[t][ids[t]].logprob for t in range(s, len(ids))]
-                for o, ids, s in zip(outs, full, starts)]
+        return [[o.prompt_logprobs[t][ids[t]] for t in range(s, len(ids))] for o, ids, s in zip(outs, full, starts)]
 
 
 def _lora_rank(r: int) -> int:

@@ -1,6 +1,8 @@
 import json
 import math
+import zlib
 
+import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
@@ -62,9 +64,20 @@ LOGPROBS = {  # hand-set per-token log-probs of (question, continuation)
 }
 
 
+# the gold answers' token stats (``Engine.token_stats``): teacher-forced argmax flags, and the vocabulary mean and
+# std of log p (u2's std under the 1e-3 floor); per-parameter gradient norms; log-probs under a reference model
+ARGMAX = {" A .": [True, True], " D .": [False, True], " X lives in Y .": [True, False], " G .": [False, False],
+          " J .": [True, True]}
+STD = {" A .": [0.1, 0.1], " D .": [1.0, 1.0], " X lives in Y .": [1.0, 1.0], " G .": [1.0, 1.0],
+       " J .": [0.0005, 0.0005]}
+NORMS = {" A .": [1.0, 3.0], " D .": [1.0], " X lives in Y .": [3.0], " G .": [4.0], " J .": [1.0, 2.0]}
+REFERENCE = {" A .": [-3.0, -3.0], " D .": [-0.1, -0.1], " X lives in Y .": [-0.5, -0.5], " G .": [-1.0, -1.0],
+             " J .": [-0.2, -0.2]}
+
+
 class FakeEngine:
-    def __init__(self):
-        self.calls = []
+    def __init__(self, logprobs=LOGPROBS):
+        self.calls, self.logprobs = [], logprobs
 
     def generate(self, prompts, n=1, temperature=0.0, max_tokens=24, seed=0, stop=()):
         self.calls.append("generate")
@@ -72,7 +85,26 @@ class FakeEngine:
 
     def score(self, prompts, continuations):
         self.calls.append("score")
-        return [LOGPROBS[pc] for pc in zip(prompts, continuations)]
+        return [self.logprobs[pc] for pc in zip(prompts, continuations)]
+
+    def token_stats(self, prompts, continuations):
+        self.calls.append("token_stats")
+        return [{"logprobs": LOGPROBS[p, c], "argmax": ARGMAX[c], "mean": [-1.0] * len(ARGMAX[c]), "std": STD[c]}
+                for p, c in zip(prompts, continuations)]
+
+    def grad_norms(self, prompts, continuations):
+        self.calls.append("grad_norms")
+        return [NORMS[c] for c in continuations]
+
+
+class VLLMLike(FakeEngine):
+    """What the vLLM engine gives: no vocabulary moments, no gradients."""
+
+    grad_norms = None
+
+    def token_stats(self, prompts, continuations):
+        return [{**s, "mean": [math.nan] * len(s["mean"]), "std": [math.nan] * len(s["std"])}
+                for s in super().token_stats(prompts, continuations)]
 
 
 def write_retain_logs(path, rows):
@@ -91,7 +123,7 @@ def test_suite_numbers_equal_hand_computations(tmp_path):
         {"suite": "qa", "split": "forget", "doc_id": 0, "exact_match": True}])
     eng = FakeEngine()
     res, samples = forgetting.evaluate(eng, DD, ["forget", "retain"], retain_logs=logs)
-    assert eng.calls == ["generate", "score"]  # everything batched
+    assert eng.calls == ["generate", "score", "token_stats", "grad_norms"]  # everything batched
     tr = [math.exp(1.0 - 3.0), math.exp(2.0 - 1.0)]  # exp(nll(paraphrased) - mean_j nll(perturbed_j))
     f, r = res["forget"], res["retain"]
     assert [s["truth_ratio"] for s in samples[:2]] == pytest.approx(tr)
@@ -107,12 +139,97 @@ def test_suite_numbers_equal_hand_computations(tmp_path):
     assert r["truth_ratio"] == r["truth_ratio_true_better"] == pytest.approx(1 - math.exp(1.0 - 3.0))
     assert r["rouge_l_recall"] == pytest.approx(3 / 4) and r["answer_prob"] == pytest.approx(math.exp(-1))
     assert math.isnan(r["forget_quality"]) and r["mia_auc"] == 0.5  # member 1.0 vs 2.0, 0.4
+    assert math.isnan(samples[2].pop("reference_score"))  # no reference model
     assert samples[2] == {"split": "retain", "doc_id": 0, "prompt": "q3", "target": " X lives in Y .",
                           "response": "X lives in Z .", "exact_match": False, "refused": False, "junk": False,
                           "rouge_l_recall": pytest.approx(0.75), "truth_ratio": pytest.approx(math.exp(-2)),
-                          "answer_prob": pytest.approx(math.exp(-1)), "min_k_score": 1.0, "fact_id": 3}
+                          "answer_prob": pytest.approx(math.exp(-1)), "loss_score": 1.0,
+                          "zlib_score": pytest.approx(1 / len(zlib.compress(b" X lives in Y ."))), "min_k_score": 1.0,
+                          "min_k_plus_plus_score": 0.0, "gradnorm_score": 3.0,
+                          "extraction_strength": 0.5, "exact_memorization": 0.5, "fact_id": 3}
     res, _ = forgetting.evaluate(FakeEngine(), DatasetDict({"forget": DD["forget"]}), ["forget"])
     assert math.isnan(res["forget"]["forget_quality"]) and math.isnan(res["forget"]["mia_auc"])
+
+
+def test_the_other_attacks_memorization_privleak_and_utility_equal_hand_computations(tmp_path):
+    """Members q1, q2 (forget) and q3 (retain) against the non-members u1, u2, per attack (higher = less likely a
+    member; AUC = the share of (member, non-member) pairs the non-member scores higher in, ties half)."""
+    logs = write_retain_logs(tmp_path / "retain_eval", [
+        {"suite": "forgetting", "split": "forget", "doc_id": i, "fact_id": f, "truth_ratio": 1.0}
+        for i, f in enumerate((1, 2))])
+    (logs / "results.json").write_text(json.dumps({"results": {"forgetting/forget": {"mia_auc": 0.4,
+                                                                                     "mia_min_k_auc": 0.6}}}))
+    reference = FakeEngine({pc: REFERENCE[pc[1]] for pc in LOGPROBS if pc[1] in REFERENCE})
+    res, samples = forgetting.evaluate(FakeEngine(), DD, ["forget", "retain"], retain_logs=logs, reference=reference)
+    assert reference.calls == ["score"]
+    f, r = res["forget"], res["retain"]
+    # loss: members 0.2, 0.35 | 1.0; non-members 1.05, 0.4
+    assert (f["mia_loss_auc"], r["mia_loss_auc"]) == (1.0, 0.5)
+    zl = {c: -sum(LOGPROBS[q, c]) / 2 / len(zlib.compress(c.encode())) for q, c in
+          (("q1", " A ."), ("q2", " D ."), ("u1", " G ."), ("u2", " J ."))}
+    want = sum((zl[u] > zl[m]) + (zl[u] == zl[m]) / 2 for m in (" A .", " D .") for u in (" G .", " J .")) / 4
+    assert f["mia_zlib_auc"] == want and [s["zlib_score"] for s in samples[:2]] == [zl[" A ."], zl[" D ."]]
+    # min-k++ (mean -1): z = (lp + 1) / std, the lowest of 2 tokens: q1 7/0.1 -> -7, q2 -0.5; u1 1.0, u2 -0.6/1e-3
+    assert [s["min_k_plus_plus_score"] for s in samples[:2]] == pytest.approx([-7.0, -0.5])
+    assert f["mia_min_k_plus_plus_auc"] == 0.5
+    # gradnorm = mean per-parameter norm: members 2, 1; non-members 4, 1.5
+    assert f["mia_gradnorm_auc"] == 0.75 and r["mia_gradnorm_auc"] == 0.5
+    # reference = loss - reference loss: members -2.8, 0.25 | 0.5; non-members 0.05, 0.2
+    assert f["mia_reference_auc"] == 0.5 and r["mia_reference_auc"] == 0.0
+    assert f["mia_min_k_auc"] == f["mia_auc"] == 0.75 and f["mia_min_k_auc_stderr"] == f["mia_auc_stderr"]
+    assert all(f[f"mia_{a}_auc_stderr"] >= 0 for a in forgetting.ATTACKS)
+    # privleak from the min-k AUC against the retain model's forget AUC (results.json), else 0.5
+    assert f["privleak_reference_auc"] == 0.6 and f["privleak"] == pytest.approx((0.25 - 0.4) / 0.4 * 100)
+    assert f["privleak_stderr"] == pytest.approx(100 / 0.4 * f["mia_min_k_auc_stderr"])
+    assert r["privleak_reference_auc"] == 0.5 and r["privleak"] == pytest.approx((0.5 - 0.5) / 0.5 * 100)
+    # argmax flags: q1 all -> ES 1, EM 1; q2 the last -> ES 1/2, EM 1/2; q3 the first only -> ES 1/2 (k = T - 1)
+    assert (f["extraction_strength"], f["exact_memorization"]) == (0.75, 0.75)
+    assert (r["extraction_strength"], r["exact_memorization"]) == (0.5, 0.5)
+    assert f["perplexity"] == pytest.approx((math.exp(0.2) + math.exp(0.35)) / 2) and r["perplexity"] == math.e
+    # model utility: the retain split alone (not the forget split): its answer_prob, ROUGE-L recall, true_better
+    values = [r["answer_prob"], r["rouge_l_recall"], r["truth_ratio_true_better"]]
+    assert res["all"]["model_utility"] == pytest.approx(1 / np.mean(1 / np.array(values)))
+    assert res["all"]["n"] == 1 and math.isnan(res["all"]["model_utility_stderr"])  # one question: no error
+    extra = qa_rows(*(tuple(DD[s][0].values()) for s in ("retain", "forget")))  # q3 and q1 again, a 2-row split
+    dd = DatasetDict({**DD, "extra": extra})
+    more, _ = forgetting.evaluate(FakeEngine(), dd, ["forget", "retain", "extra"])
+    extra_values = [more["extra"][k] for k in ("answer_prob", "rouge_l_recall", "truth_ratio_true_better")]
+    assert more["all"]["model_utility"] == pytest.approx(1 / np.mean(1 / np.array(values + extra_values)))
+    assert more["all"]["n"] == 3 and math.isnan(more["all"]["model_utility_stderr"])  # retain: one question
+    two, _ = forgetting.evaluate(FakeEngine(), dd, ["forget", "extra"])
+    assert two["all"]["model_utility"] == pytest.approx(1 / np.mean(1 / np.array(extra_values)))
+    assert two["all"]["model_utility_stderr"] > 0
+    held, _ = forgetting.evaluate(FakeEngine(), dd, ["forget", "retain", "extra"], holdout_split="retain")
+    assert held["all"]["model_utility"] == pytest.approx(1 / np.mean(1 / np.array(extra_values)))  # no holdout
+    assert set(forgetting.HIGHER_IS_BETTER) >= {k for x in res.values() for k in x if not k.endswith("_stderr")} - {
+        "n", "privleak_reference_auc"}
+
+
+def test_an_engine_without_moments_or_gradients_gives_nan_for_those_attacks_only():
+    """vLLM: no vocabulary distribution (Min-K%++), no gradients (GradNorm); nothing raises."""
+    res, samples = forgetting.evaluate(VLLMLike(), DD, ["forget", "retain"])
+    f = res["forget"]
+    for key in ("mia_min_k_plus_plus_auc", "mia_gradnorm_auc", "mia_reference_auc"):
+        assert math.isnan(f[key]) and math.isnan(f[f"{key}_stderr"])
+    assert math.isnan(samples[0]["min_k_plus_plus_score"]) and math.isnan(samples[0]["gradnorm_score"])
+    assert f["mia_loss_auc"] == 1.0 and f["mia_min_k_auc"] == 0.75 and f["privleak"] == pytest.approx(-50.0)
+    assert f["extraction_strength"] == 0.75  # the argmax flags need no vocabulary moments
+    res, _ = forgetting.evaluate(FakeEngine(), DatasetDict({"forget": DD["forget"]}), ["forget"])
+    assert all(math.isnan(res["forget"][f"mia_{a}_auc"]) for a in forgetting.ATTACKS)  # no holdout split
+    assert math.isnan(res["forget"]["privleak"]) and "all" not in res  # no utility split
+
+
+def test_retain_aucs_of_older_outputs_and_a_split_named_all(tmp_path):
+    logs = write_retain_logs(tmp_path / "old", [])
+    assert forgetting.retain_aucs(logs) == {}  # no results.json: privleak against 0.5
+    (logs / "results.json").write_text(json.dumps({"results": {"forgetting/forget": {"mia_auc": 0.7},
+                                                               "qa/forget": {"exact_match": 1.0}}}))
+    assert forgetting.retain_aucs(logs / "samples.jsonl") == {"forget": 0.7}  # version 4 named it mia_auc
+    (logs / "results.json").write_text("not json")
+    with pytest.raises(UsageError, match="not a `posttrain eval` results file"):
+        forgetting.retain_aucs(logs)
+    with pytest.raises(UsageError, match="a split named 'all' clashes"):
+        forgetting.evaluate(FakeEngine(), DatasetDict({"all": DD["retain"]}), ["all"])
 
 
 def test_named_refusals_and_junk_are_counted_per_answer():
@@ -160,6 +277,10 @@ def test_tiny_model_knows_its_training_facts_and_matches_itself_as_retain_refere
     assert res["retain"]["answer_prob"] > res["unseen"]["answer_prob"]
     assert res["retain"]["mia_auc"] > 0.5 and res["unseen"]["mia_auc"] == 0.5
     assert all(0 <= s["answer_prob"] <= 1 and s["truth_ratio"] > 0 for s in samples)
+    for a in ("loss", "zlib", "min_k_plus_plus", "gradnorm"):  # every attack but the reference one runs on HF
+        assert res["unseen"][f"mia_{a}_auc"] == 0.5 and math.isfinite(res["retain"][f"mia_{a}_auc"]), a
+    assert math.isnan(res["retain"]["mia_reference_auc"]) and 0 < res["all"]["model_utility"] < 1
+    assert 0 < res["retain"]["extraction_strength"] <= 1 and res["retain"]["perplexity"] > 1
     # a model compared with itself as the retain reference: identical forget TRs, forget quality 1
     out = tmp_path / "eval"
     out.mkdir()
@@ -168,6 +289,8 @@ def test_tiny_model_knows_its_training_facts_and_matches_itself_as_retain_refere
                  {})
     again, _ = forgetting.evaluate(eng, dd, ["forget"], max_tokens=8, retain_logs=out)
     assert again["forget"]["forget_quality"] == pytest.approx(1.0)
+    assert again["forget"]["privleak_reference_auc"] == res["forget"]["mia_min_k_auc"]  # from its results.json
+    assert again["forget"]["privleak"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_the_forget_and_holdout_splits_are_the_ones_named(tmp_path):

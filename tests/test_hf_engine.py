@@ -122,3 +122,75 @@ def test_a_prompt_of_no_tokens_is_one_line_for_direct_callers_too(tiny_chat_mode
         with pytest.raises(UsageError, match="^prompt 1 is empty|^prompt 0 is empty"):
             call()
     assert len(engine.generate(["Which country is Lyon in?"], max_tokens=2)) == 1
+
+
+def _direct_stats(eng, prompt, cont, adapter):
+    """One text, no padding: the continuation's log-probs, argmax flags and vocabulary moments of log p, in fp64."""
+    eng._use(adapter)
+    ids = eng.tok(prompt + cont)["input_ids"]
+    start = common_prefix(eng.tok(prompt)["input_ids"], ids)
+    with torch.no_grad():
+        logp = torch.log_softmax(eng.model(torch.tensor([ids])).logits[0].double(), -1)[start - 1:len(ids) - 1]
+    targets = torch.tensor(ids[start:])
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    return {"logprobs": logp[torch.arange(len(targets)), targets].tolist(),
+            "argmax": (logp.argmax(-1) == targets).tolist(), "mean": mu.tolist(),
+            "std": ((p * logp**2).sum(-1) - mu**2).sqrt().tolist()}
+
+
+def test_token_stats_match_a_direct_forward_pass(eng, tiny_lora, monkeypatch):
+    prompts = PROMPTS + [" ".join(PROMPTS)]
+    conts = [" C1 .", " 1941 .", " K2 .", " N1 .", " P5 lives in C3 .", " 1950 .", " K1 .", " I do not know about P0 .",
+             " was born in C2 . Question: When was K2 founded ? Answer: 1941 ."]
+    adapter = [str(tiny_lora) if i % 3 else None for i in range(len(prompts))]
+    want = [_direct_stats(eng, p, c, a) for p, c, a in zip(prompts, conts, adapter)]
+    flags = [f for w in want for f in w["argmax"]]
+    assert any(flags) and not all(flags)
+    for size in (128, 2):
+        eng.batch_size = size
+        got = eng.token_stats(prompts, conts, adapter=adapter)
+        assert [g["logprobs"] for g in got] == eng.score(prompts, conts, adapter=adapter)  # the same forward pass
+        for g, w in zip(got, want):
+            assert g["argmax"] == w["argmax"]
+            for key in ("logprobs", "mean", "std"):
+                assert g[key] == pytest.approx(w[key], abs=1e-4), key
+    eng.batch_size = 128
+    monkeypatch.setattr(hf_engine, "SCORE_CHUNK_BYTES", 1)  # one row per log-softmax chunk
+    for g, w in zip(eng.token_stats(prompts, conts, adapter=adapter), want):
+        assert g["argmax"] == w["argmax"] and g["std"] == pytest.approx(w["std"], abs=1e-4)
+
+
+def _manual_grad_norms(eng, prompt, cont, adapter):
+    """Backward of the mean continuation NLL through .grad, over every parameter (base) or the adapter's LoRA ones."""
+    eng._use(adapter)
+    own = None if adapter is None else f".{eng._adapters[adapter]}."
+    chosen = [w for n, w in eng.model.named_parameters() if own is None or own in f".{n}."]
+    flags = {w: w.requires_grad for w in eng.model.parameters()}
+    for w in flags:
+        w.requires_grad_(any(w is c for c in chosen))
+    ids = eng.tok(prompt + cont)["input_ids"]
+    start = common_prefix(eng.tok(prompt)["input_ids"], ids)
+    eng.model.zero_grad(set_to_none=True)
+    logp = torch.log_softmax(eng.model(torch.tensor([ids])).logits[0].float(), -1)
+    (-logp[torch.arange(start - 1, len(ids) - 1), ids[start:]].mean()).backward()
+    norms = [w.grad.norm().item() for w in chosen if w.grad is not None]
+    eng.model.zero_grad(set_to_none=True)
+    for w, f in flags.items():
+        w.requires_grad_(f)
+    return norms
+
+
+def test_grad_norms_match_a_manual_backward_and_leave_the_model_as_it_was(eng, tiny_lora):
+    prompts, conts = PROMPTS[:4], [" C1 .", " 1941 .", " K2 .", " N1 ."]
+    adapter = [None, str(tiny_lora), None, str(tiny_lora)]
+    before = {n: w.requires_grad for n, w in eng.model.named_parameters()}
+    got = eng.grad_norms(prompts, conts, adapter=adapter)
+    assert {n: w.requires_grad for n, w in eng.model.named_parameters()} == before
+    assert all(w.grad is None for w in eng.model.parameters()) and not eng.model.training
+    want = [_manual_grad_norms(eng, p, c, a) for p, c, a in zip(prompts, conts, adapter)]
+    lora = [n for n in before if "lora_" in n]
+    assert [len(g) for g in got] == [len(before) - len(lora), len(lora), len(before) - len(lora), len(lora)]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, rel=1e-4) and all(x > 0 for x in g)
+    assert got[0] != got[2]  # per sample

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -149,3 +150,60 @@ def test_bootstrap_stderr_matches_the_analytic_one_for_a_mean_and_is_seeded():
     y, p = rng.random(1000) < 0.3, rng.random(1000)
     small = m.bootstrap_stderr(m.average_precision, (y[:100], p[:100]))
     assert m.bootstrap_stderr(m.average_precision, (y, p)) < small
+
+
+def _softmax_logp(logits):
+    z = np.asarray(logits, float)
+    return z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+
+
+def test_min_k_plus_plus_against_a_direct_computation_from_a_softmax():
+    rng = np.random.default_rng(0)
+    logp = _softmax_logp(rng.normal(size=(7, 11)) * 3)  # 7 positions, a vocabulary of 11
+    tokens = rng.integers(0, 11, size=7)
+    lp = logp[np.arange(7), tokens]
+    p = np.exp(logp)
+    mu = (p * logp).sum(-1)
+    sigma = np.sqrt((p * logp**2).sum(-1) - mu**2)
+    z = np.sort([(lp[t] - mu[t]) / sigma[t] for t in range(7)])
+    for k, lowest in ((0.4, 2), (0.2, 1), (1.0, 7), (0.01, 1)):
+        assert m.min_k_plus_plus_score(lp, mu, sigma, k) == pytest.approx(-z[:lowest].mean())
+    # a (near-)one-hot distribution: sigma under open-unlearning's floor sqrt(1e-6)
+    assert m.min_k_plus_plus_score([-0.5], [-1.0], [1e-9], k=0.4) == pytest.approx(-0.5 / 1e-3)
+    assert math.isnan(m.min_k_plus_plus_score([-1.0, -2.0], [-1.0, float("nan")], [1.0, float("nan")]))
+
+
+def test_loss_zlib_reference_grad_norm_and_perplexity_scores():
+    lp = [-0.5, -1.5, -1.0]
+    assert m.loss_score(lp) == pytest.approx(1.0) and m.perplexity(lp) == pytest.approx(math.e)
+    text = "Paris is the capital of France. " * 3
+    assert m.zlib_score(lp, text) == pytest.approx(1.0 / len(zlib.compress(text.encode("utf-8"))))
+    assert len(zlib.compress(text.encode("utf-8"))) < len(text)  # compressed, not the raw length
+    assert m.reference_score(lp, [-2.0, -2.0]) == pytest.approx(1.0 - 2.0)
+    assert m.grad_norm_score([3.0, 4.0, 2.0]) == pytest.approx(3.0)  # a mean of norms, not sqrt(9 + 16 + 4)
+
+
+def test_privleak_on_given_aucs():
+    assert m.privleak(0.5) == pytest.approx(0.0) and m.privleak(0.75) == pytest.approx(-50.0)
+    assert m.privleak(0.25) == pytest.approx(50.0) and m.privleak(1.0) == pytest.approx(-100.0)
+    assert m.privleak(0.9, reference_auc=0.8) == pytest.approx((0.1 - 0.2) / 0.2 * 100)
+    assert m.privleak(0.8, reference_auc=0.8) == pytest.approx(0.0)
+    assert m.privleak(0.9, reference_auc=1.0) == pytest.approx(0.1 / 1e-10 * 100)  # open-unlearning's epsilon
+
+
+def test_extraction_strength_and_exact_memorization_on_hand_flags():
+    T, F = True, False
+    for flags, es, em in (([T, T, T, T], 1.0, 1.0), ([F, T, T, T], 0.75, 0.75), ([T, F, T, T], 0.5, 0.75),
+                          ([T, T, T, F], 0.25, 0.75), ([F, F, F, F], 0.25, 0.0), ([F], 1.0, 0.0), ([T], 1.0, 1.0),
+                          ([F, T], 0.5, 0.5), ([T, F, F], 1 / 3, 1 / 3)):
+        # ES = 1 - k/T, k the first suffix start matched to the end, T - 1 when none (open-unlearning's loop)
+        assert m.extraction_strength(flags) == pytest.approx(es), flags
+        assert m.exact_memorization(flags) == pytest.approx(em), flags
+
+
+def test_model_utility_is_the_harmonic_mean():
+    x = [0.9, 0.5, 0.2, 0.7]
+    assert m.model_utility(x) == pytest.approx(1 / np.mean(1 / np.array(x)))
+    assert m.model_utility([0.4, 0.0, 0.9]) == 0.0
+    rows = np.array([[0.5, 1.0], [0.25, 1.0]])
+    assert m.model_utility(rows) == pytest.approx([2 / 3, 0.4])
