@@ -18,21 +18,64 @@ never appear in ``train``. Splits, all deterministic by ``seed``:
   a test row asked in a phrasing never trained. Facts are spread evenly over the relations as far as each relation's
   facts allow, and each relation's facts between ``train`` and ``test`` in the ratio ``n_train : n_test``; cities
   are drawn evenly over ten-fold population bands (log-uniform), so small towns do not swamp the famous cities.
-* Unlearning (RWKU-style, METHODS.md §2 and §9): ``forget`` = every country relation x phrasing of the targets
-  (``targets``, or ``n_targets`` drawn among the ``target_pool`` most populous countries); ``boundary`` = the same for
-  up to ``n_neighbours`` countries per target that share a border with it, else its currency, else its continent
-  (those two among the ``country_pool`` most populous; ``neighbour_of`` names the target, ``shared`` the link) — facts
-  that must still be answered; ``retain`` = the same for ``n_retain`` of the ``country_pool`` most populous countries
-  that are no target, boundary country or border neighbour of a target.
+* Unlearning (RWKU-style, METHODS.md §2 and §9; built in ``world_unlearn``): ``forget`` = every country relation x
+  phrasing of the targets (``targets``; else ``n_targets`` drawn among the ``target_pool`` most populous countries,
+  with ``known`` among those the base model knows: ``min_known_facts`` facts of probed accuracy >= ``min_known``
+  over their phrasings; their forget rows are then those known facts alone, every phrasing), with
+  ``trained`` (the row is in ``forget_train``); ``boundary`` = the same for up to ``n_neighbours`` countries per
+  target that share a border with it, else its currency, else its continent (those two among the ``country_pool``
+  most populous; ``neighbour_of`` names the target, ``shared`` the link) — facts that must still be answered — with
+  ``trained`` (a rule boundary query); ``retain`` = the same for ``n_retain`` of the ``country_pool`` most populous
+  countries that are no target, boundary country or border neighbour of a target; ``holdout`` = the same for as many
+  countries as targets, drawn as the targets are but none of those: never unlearned, the non-members of the
+  forgetting suite's ``mia_auc`` (``--holdout_split holdout``; with ``known``, their known facts alone). No country
+  but a target has a name containing a target's ("Sudan" in "South Sudan"), so only the forget splits ask about a
+  target. Every row of these splits has ``probed_accuracy`` (its fact's accuracy over its phrasings in ``known``;
+  NaN without it or where not probed).
+* Training sets: ``forget_train`` = a ``forget_frac`` of each target's forget rows (at least one), drawn among the
+  training phrasings, as GradAscent/GradDiff/NPO's ``dataset_forget_split``; ``retain_train`` = every country
+  relation x training phrasing of ``n_retain_train`` other countries (those ``retain`` could hold, none of it), their
+  ``dataset_retain_split``; ``rule`` = RULE's rows as ``gen boundary`` writes them (``prompt``, ``completion``,
+  ``kind``, ``target``, ``gold``, ``entity``, ``fact_id``, ``relation``, ``phrasing``): the ``forget_train`` queries,
+  ``kind`` "forget", refused with the target named (``world_unlearn.REFUSALS``, each an ``answers.is_refusal``
+  hedge: a RULE recipe sets them as its ``refusals``; the refusal names the country as asked, "the United
+  States"), ``target`` the country's name (``entity``: "United States", what naming it means to the reward and the
+  suite's named-refusal rate),
+  ``gold`` its answer; plus ``boundary_frac`` as many boundary queries as the forget split has rows (at least one per
+  target with a neighbour), ``kind`` "boundary", training phrasings of its neighbours' boundary rows, completion and
+  ``gold`` their answer.
+* Adversarial probes of every target fact (RWKU's; ``probe_type`` says which, ``context`` holds the prefix, all
+  ``heldout``; ``fact_id`` = "{probe_type}:capital:FR:{n}"): ``forget_fill_blank`` ("Fill in the blank: The capital
+  of France is ___.", one per fact); ``forget_reverse`` ("Paris is the capital of which country?", three phrasings,
+  answer the target's name; capitals only, whose inverse is unique — a currency, continent, language or neighbour
+  names several countries — and not a capital sharing its name with another's, "Kingston"); ``forget_choice`` (each
+  phrasing with four numbered options, the gold and three of its perturbed answers in an order by seed; the
+  completion is the gold, ``aliases`` add "2. Paris" and "2": numbers, since the ``contains`` matcher would find a
+  letter "A" in any sentence with the article; ``perturbed_answers`` are the three wrong options);
+  ``forget_context`` (each phrasing after a true fact of a boundary country, else of a retain one, of the same
+  relation where one is left, naming no target and no answer of the question: "The capital of Germany is Berlin.
+  What is the capital of France?").
+* ``utility`` = ``n_utility`` ``city_country`` questions (a relation never unlearned; one per city, any phrasing,
+  cities log-uniform over population bands) of cities outside the targets, boundary countries and the targets'
+  border neighbours, naming no target nor its capital.
+* ``candidates`` (with ``candidates``): every country relation x phrasing of the ``target_pool`` most populous
+  countries, to probe: ``posttrain gen world --out W0 --candidates true``, ``posttrain probe BASE --data W0
+  --splits candidates --out P``, ``posttrain gen world --out W --known P --seed S`` (several seeds: several target
+  sets).
+* ``layout tofu``: ``forget``, ``retain`` and ``holdout`` named as TOFU's (``forget13``, ``retain87``,
+  ``holdout13``: the percentage of the forget and retain countries each holds), every unlearning split in TOFU's
+  columns (``question``, ``answer``, ``paraphrased_answer`` = the answer, ``perturbed_answer``; no ``prompt``,
+  ``completion``, ``perturbed_answers``, ``trained``), which ``posttrain train`` and ``eval`` read as TOFU files;
+  without ``forget_train``, ``retain_train`` and ``rule`` (TOFU trains on its whole forget and retain splits).
 
-Columns of every split: ``prompt``, ``completion`` (TRL's conversational messages, after a ``system`` turn when one is
-given, or ``format text``'s
-"Question: {question} Answer:" and " {answer}"), ``question``, ``answer``, ``aliases`` (accepted answers, ``answer``
-first), ``entity``, ``entity_type`` (country or city), ``relation``, ``phrasing``, ``heldout``, ``popularity``,
-``fact_id`` ("capital:FR:0": relation, ISO code or GeoNames id, phrasing), ``paraphrased_answer`` (the answer as a
-continuation), ``perturbed_answers`` and TOFU's ``perturbed_answer`` (the same ``n_perturbed`` wrong answers of the
-relation's type, none matching an alias; per fact, from the seed alone), ``neighbour_of`` and ``shared`` (empty
-outside ``boundary``).
+Columns of every split but ``rule``: ``prompt``, ``completion`` (TRL's conversational messages, after a ``system``
+turn when one is given, or ``format text``'s "Question: {question} Answer:" and " {answer}"), ``question``,
+``answer``, ``aliases`` (accepted answers, ``answer`` first), ``entity`` (the target, in the forget and probe
+splits), ``entity_type`` (country or city), ``relation``, ``phrasing``, ``heldout``, ``popularity``, ``fact_id``
+("capital:FR:0": relation, ISO code or GeoNames id, phrasing), ``paraphrased_answer`` (the answer as a continuation),
+``perturbed_answers`` and TOFU's ``perturbed_answer`` (the same ``n_perturbed`` wrong answers of the relation's type,
+none matching an alias; per fact, from the seed alone), ``neighbour_of`` and ``shared`` (empty outside
+``boundary``); the unlearning splits add those named above.
 """
 
 from __future__ import annotations
@@ -139,7 +182,10 @@ PHRASINGS: dict[str, tuple[str, tuple[tuple[str, bool], ...]]] = {
 }
 COUNTRY_RELATIONS = tuple(r for r, (t, _) in PHRASINGS.items() if t == "country")
 FORMATS = ("conversational", "text")
-SPLITS = ("train", "test", "ood", "forget", "boundary", "retain")
+LAYOUTS = ("posttrain", "tofu")
+SPLITS = ("train", "test", "ood", "forget", "forget_train", "boundary", "retain", "retain_train", "holdout", "rule",
+          "forget_fill_blank", "forget_reverse", "forget_choice", "forget_context", "utility")
+FORGET_FRAC, BOUNDARY_FRAC, N_RETAIN_TRAIN, MIN_KNOWN, MIN_KNOWN_FACTS = 0.12, 0.08, 20, 0.8, 3  # RULE's fractions
 
 
 def _relations(text: str) -> list[str]:
@@ -173,6 +219,29 @@ class Config:
     country_pool: int = field(default=120, metadata={
         "help": "retain countries, and boundary ones sharing only a currency or continent, are drawn among this many "
                 "most populous countries (a tiny territory's facts are unknown before unlearning too)"})
+    candidates: bool = field(default=False, metadata={
+        "help": "also write the candidates split (every country relation x phrasing of the target_pool most populous "
+                "countries) for `posttrain probe BASE --data DIR --splits candidates --out P`"})
+    known: str = field(default="", metadata={
+        "help": "a `posttrain probe` output over a candidates split: targets (and holdout countries) are drawn among "
+                "the target_pool countries with min_known_facts known facts, their forget rows those facts alone"})
+    min_known: float = field(default=MIN_KNOWN, metadata={
+        "help": "with known: the probed accuracy over its phrasings that makes a fact known"})
+    min_known_facts: int = field(default=MIN_KNOWN_FACTS, metadata={
+        "help": "with known: the known facts (of the 5 country relations) a target needs"})
+    forget_frac: float = field(default=FORGET_FRAC, metadata={
+        "help": "forget_train (and rule's forget queries) = this fraction of each target's forget rows, at least "
+                "one, drawn among the training phrasings (RULE's 12%)"})
+    boundary_frac: float = field(default=BOUNDARY_FRAC, metadata={
+        "help": "rule's boundary queries, as a fraction of the forget split (RULE's 8%), at least one per target"})
+    n_retain_train: int = field(default=N_RETAIN_TRAIN, metadata={
+        "help": "retain_train countries (GradDiff/NPO's retain term): others than the retain split's"})
+    n_utility: int = field(default=200, metadata={
+        "help": "utility questions: city_country facts of cities outside the targets and their neighbours"})
+    layout: str = field(default="posttrain", metadata={
+        "help": "posttrain, or tofu: the unlearning splits in TOFU's names (forgetNN, retainMM, holdoutNN) and "
+                "columns (question, answer, paraphrased_answer, perturbed_answer), without forget_train, "
+                "retain_train and rule (TOFU trains on its whole forget and retain splits)"})
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -197,6 +266,28 @@ class Config:
             raise ValueError(f"n_perturbed must be in 1..{len(CONTINENTS) - 2}, got {self.n_perturbed}")
         if not self.targets and self.n_targets > self.target_pool:
             raise ValueError(f"n_targets ({self.n_targets}) must not exceed target_pool ({self.target_pool})")
+        for name in ("n_retain_train", "n_utility"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("forget_frac", "boundary_frac"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.min_known <= 1.0:
+            raise ValueError(f"min_known must be in [0, 1], got {self.min_known}")
+        if self.known and self.targets:
+            raise ValueError("known draws the targets: give known or targets, not both")
+        if (self.min_known != MIN_KNOWN or self.min_known_facts != MIN_KNOWN_FACTS) and not self.known:
+            raise ValueError("min_known and min_known_facts have no effect without known (a `posttrain probe` output)")
+        if not 1 <= self.min_known_facts <= len(COUNTRY_RELATIONS):
+            raise ValueError(f"min_known_facts must be in 1..{len(COUNTRY_RELATIONS)}, got {self.min_known_facts}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.layout == "tofu":
+            for name, default in (("forget_frac", FORGET_FRAC), ("boundary_frac", BOUNDARY_FRAC),
+                                  ("n_retain_train", N_RETAIN_TRAIN)):
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name} has no effect with layout tofu (no forget_train, retain_train or rule "
+                                     "split: TOFU trains on its whole forget and retain splits)")
         self.target_list()  # unknown targets fail here
 
     def train_list(self) -> list[str]:
@@ -376,8 +467,13 @@ def _question(relation: str, t: int, subject: str) -> str:
     return q[0].upper() + q[1:]
 
 
-def _row(cfg: Config, fact: dict, t: int, neighbour_of: str = "", shared: str = "") -> dict:
-    question, answer = _question(fact["relation"], t, fact["subject"]), fact["answer"]
+def fact_perturbed(cfg: Config, fact: dict, n: int | None = None) -> tuple[str, ...]:
+    """The fact's ``n`` (default ``n_perturbed``) wrong answers, without a leading space."""
+    return _perturbed(cfg.seed, n or cfg.n_perturbed, fact["relation"], fact["key"], (*fact["aliases"], fact["entity"]))
+
+
+def qa_row(cfg: Config, question: str, answer: str, perturbed) -> dict:
+    """The columns that carry the layout: ``prompt``, ``completion``, the answers scored after them."""
     lead = " " if cfg.format == "text" else ""
     if cfg.format == "text":
         prompt, completion = qa_prompt(question), " " + answer
@@ -385,13 +481,16 @@ def _row(cfg: Config, fact: dict, t: int, neighbour_of: str = "", shared: str = 
         system = [{"role": "system", "content": cfg.system}] if cfg.system else []
         prompt = [*system, {"role": "user", "content": question}]
         completion = [{"role": "assistant", "content": answer}]
-    perturbed = [lead + p for p in _perturbed(cfg.seed, cfg.n_perturbed, fact["relation"], fact["key"],
-                                              (*fact["aliases"], fact["entity"]))]
+    perturbed = [lead + p for p in perturbed]
     return {"prompt": prompt, "completion": completion, "question": question, "answer": answer,
-            "aliases": list(fact["aliases"]), "entity": fact["entity"], "entity_type": fact["entity_type"],
+            "paraphrased_answer": lead + answer, "perturbed_answers": perturbed, "perturbed_answer": perturbed}
+
+
+def _row(cfg: Config, fact: dict, t: int, neighbour_of: str = "", shared: str = "") -> dict:
+    qa = qa_row(cfg, _question(fact["relation"], t, fact["subject"]), fact["answer"], fact_perturbed(cfg, fact))
+    return {**qa, "aliases": list(fact["aliases"]), "entity": fact["entity"], "entity_type": fact["entity_type"],
             "relation": fact["relation"], "phrasing": t, "heldout": PHRASINGS[fact["relation"]][1][t][1],
-            "popularity": fact["popularity"], "fact_id": f"{fact['key']}:{t}", "paraphrased_answer": lead + answer,
-            "perturbed_answers": perturbed, "perturbed_answer": perturbed, "neighbour_of": neighbour_of,
+            "popularity": fact["popularity"], "fact_id": f"{fact['key']}:{t}", "neighbour_of": neighbour_of,
             "shared": shared}
 
 
@@ -449,46 +548,8 @@ def _rtuning(cfg: Config) -> dict[str, list[dict]]:
             for name, rows in (("train", train), ("test", test), ("ood", ood))}
 
 
-def _unlearning(cfg: Config) -> dict[str, list[dict]]:
-    """forget / boundary / retain rows: every country relation x phrasing of their countries."""
-    rng = np.random.default_rng([cfg.seed, 3])
-    countries = _countries()
-    by_iso: dict[str, list[dict]] = {}
-    for r in COUNTRY_RELATIONS:
-        for f in _world()[r]:
-            by_iso.setdefault(f["key"].split(":")[1], []).append(f)
-    ranked = sorted(by_iso, key=lambda iso: (-countries[iso]["population"], iso))
-    known = sorted(ranked[: cfg.country_pool])
-    targets = cfg.target_list() or [ranked[i] for i in sorted(rng.choice(min(cfg.target_pool, len(ranked)),
-                                                                         cfg.n_targets, replace=False))]
-    taken, boundary = set(targets), []
-    for target in targets:
-        t = countries[target]
-        tiers = (("border", sorted(n for n in t["neighbours"] if n in by_iso)),
-                 ("currency", [iso for iso in known if countries[iso]["currencycode"] == t["currencycode"]]),
-                 ("continent", [iso for iso in known if countries[iso]["continent"] == t["continent"]]))
-        mine = []
-        for link, candidates in tiers:
-            pool = [iso for iso in candidates if iso not in taken]
-            for i in rng.permutation(len(pool))[: cfg.n_neighbours - len(mine)]:
-                mine.append(pool[i])
-                taken.add(pool[i])
-                boundary.append((pool[i], t["name"], link))
-    far = [iso for iso in known if iso not in taken and not any(iso in countries[t]["neighbours"] for t in targets)]
-    if cfg.n_retain > len(far):
-        raise UsageError(f"gen world: n_retain {cfg.n_retain} exceeds the {len(far)} countries left for retain "
-                         f"among the {cfg.country_pool} most populous")
-    retain = [far[i] for i in sorted(rng.choice(len(far), cfg.n_retain, replace=False))]
-
-    def rows(members):
-        out = [_row(cfg, f, t, *extra) for iso, *extra in members for f in by_iso.get(iso, ())
-               for t in range(len(PHRASINGS[f["relation"]][1]))]
-        return [out[i] for i in rng.permutation(len(out))]
-
-    return {"forget": rows([(iso,) for iso in targets]), "boundary": rows(boundary),
-            "retain": rows([(iso,) for iso in retain])}
-
-
 def generate(cfg: Config) -> DatasetDict:
-    splits = {**_rtuning(cfg), **_unlearning(cfg)}
-    return DatasetDict({name: Dataset.from_list(splits[name]) for name in SPLITS})
+    from posttrain.data_gen import world_unlearn
+
+    splits = {**_rtuning(cfg), **world_unlearn.unlearning(cfg)}
+    return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})

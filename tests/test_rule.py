@@ -91,7 +91,8 @@ def test_judge_reports_what_it_saw_and_the_penalty_is_a_setting():
     seen = judge(" I do not know about P7 .", "forget", "P7", " C5 .", ["I do not know about {s} ."], [" ."], 0.5)
     assert seen == {"reward": 1.0, "refusal": True, "named": True, "junk": False, "correct": False}
     assert rule_reward(" C5 C5 .", "boundary", "P7", " C5 .", junk_penalty=0.0) == 0.0
-    seen = judge(" I do not know about P7 and P3 .", "forget", "P7", " C5 .", ["I do not know about {s} ."], [" ."], 0.5)
+    seen = judge(" I do not know about P7 and P3 .", "forget", "P7", " C5 .", ["I do not know about {s} ."], [" ."],
+                 0.5)
     assert seen["named"] and seen["reward"] == 1.0  # names the target, as the eval's named-refusal rate reads it
     assert not is_degenerate(" P1 was born in C5 .", [" ."]) and is_degenerate("", [" ."])
 

@@ -7,7 +7,8 @@ from conftest import cli
 from trl.data_utils import is_conversational
 
 from posttrain.core.answers import contains
-from posttrain.data_gen import world
+from posttrain.core.errors import UsageError
+from posttrain.data_gen import world, world_unlearn
 from posttrain.gen import fingerprint
 
 SMALL = {"n_train": 60, "n_test": 80, "n_ood": 80}
@@ -33,6 +34,10 @@ def test_splits_and_sizes(dd):
     assert len(set(dd["forget"]["entity"])) == 3
     for ds in dd.values():
         assert len(set(ds["fact_id"])) == len(ds)  # a fact_id names one question
+    sizes = {s: len(dd[s]) for s in dd}
+    assert sizes["forget_train"] == 9 and sizes["rule"] == 9 + 6  # 3 of 25 per target; 8% of 75 boundary queries
+    assert sizes["forget_fill_blank"] == 15 and sizes["forget_choice"] == sizes["forget_context"] == 75
+    assert sizes["utility"] == 200 and sizes["holdout"] > 0 and sizes["retain_train"] > 0
 
 
 def test_train_and_test_share_no_entity_and_ood_relations_are_never_trained(dd):
@@ -75,8 +80,8 @@ def test_pinned_targets():
 
 
 def test_aliases_include_the_answer_and_known_cases(dd):
-    for ds in dd.values():
-        assert all(r["aliases"][0] == r["answer"] for r in ds)
+    for name, ds in dd.items():
+        assert name == "rule" or all(r["aliases"][0] == r["answer"] for r in ds)
     facts = {f["key"]: f for r in world.PHRASINGS for f in world._world()[r]}
     capital = facts["capital:US"]["aliases"]
     assert "Washington" in capital and "Washington D.C." in capital
@@ -88,8 +93,8 @@ def test_aliases_include_the_answer_and_known_cases(dd):
 
 
 def test_perturbed_answers_are_wrong_and_tofu_shaped(dd):
-    for ds in dd.values():
-        for r in ds:
+    for name, ds in dd.items():
+        for r in ds if name != "rule" else ():
             assert r["perturbed_answer"] == r["perturbed_answers"] and len(set(r["perturbed_answers"])) == 3
             for p in r["perturbed_answers"]:
                 assert not any(contains(p, a) or contains(a, p) for a in r["aliases"]), (r["fact_id"], p)
@@ -109,8 +114,8 @@ def test_conversational_and_text_rows():
         assert r["paraphrased_answer"] == " " + r["answer"] and all(p.startswith(" ") for p in r["perturbed_answers"])
     system = small(system="Answer briefly.")["test"]
     assert system["question"] == conv["question"]
-    assert all(r["prompt"] == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": r["question"]}]
-               for r in system)
+    system_turn = {"role": "system", "content": "Answer briefly."}
+    assert all(r["prompt"] == [system_turn, {"role": "user", "content": r["question"]}] for r in system)
 
 
 def test_bad_config_is_a_value_error():
@@ -129,3 +134,186 @@ def test_cli_writes_a_manifest_and_rejects_bad_options_in_one_line(capsys, tmp_p
         proc = cli(capsys, "gen", "world", "--out", tmp_path / "bad", *bad)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "bad").exists()
+
+
+# --- unlearning: known targets, training fractions, RULE's rows, adversarial probes, utility, TOFU's layout --------
+
+def fake_probe(tmp_path, right: set[str], wrong_one: set[str] = frozenset(), unknown_fact: set[str] = frozenset()):
+    """A `posttrain probe` output over the candidates split: every question of the countries ``right`` answered
+    correctly, one question of each of ``wrong_one`` wrong besides, every question of one fact (the first relation)
+    of each of ``unknown_fact`` wrong besides, the rest wrong."""
+    from datasets import DatasetDict
+
+    cand = small(candidates=True, target_pool=20)["candidates"]
+    first = {}
+    for r in cand:
+        first.setdefault(r["entity"], r["fact_id"])
+    correct = [r["entity"] in right or (r["entity"] in wrong_one and r["fact_id"] != first[r["entity"]])
+               or (r["entity"] in unknown_fact and r["relation"] != first[r["entity"]].split(":")[0])
+               for r in cand]
+    labelled = cand.add_column("probe_answer", cand["answer"]).add_column("probe_correct", correct)
+    DatasetDict({"candidates": labelled}).save_to_disk(str(tmp_path / "probe"))
+    return str(tmp_path / "probe"), sorted(set(cand["entity"]))
+
+
+def test_known_targets_are_drawn_among_countries_the_probe_says_the_model_knows(tmp_path):
+    pool = small(candidates=True, target_pool=20)["candidates"]
+    names = list(dict.fromkeys(pool["entity"]))  # most populous first
+    known, half = set(names[:12]), set(names[12:14])  # one wrong question of 20 or 25: >= 0.8
+    path, _ = fake_probe(tmp_path, known, half)
+    picked = []
+    for seed in (0, 1, 2):
+        dd = small(known=path, seed=seed, target_pool=20, n_targets=2)
+        targets = set(dd["forget"]["entity"])
+        assert len(targets) == 2 and targets <= known | half
+        assert set(dd["holdout"]["entity"]) <= known | half and not set(dd["holdout"]["entity"]) & targets
+        for r in dd["forget"]:  # one wrong question of a fact's five leaves it known (0.8)
+            assert r["probed_accuracy"] in (1.0, 0.8)
+        picked.append(targets)
+    assert len({frozenset(t) for t in picked}) > 1  # the seed names the target set
+    with pytest.raises(UsageError, match="only 2 of the 20 most populous countries have 3 facts"):
+        small(known=fake_probe(tmp_path / "few", set(names[:2]))[0], target_pool=20, n_targets=3)
+    with pytest.raises(UsageError, match="not a `posttrain probe` output"):
+        small(known=str(tmp_path / "probe" / "candidates"))
+    for kw in ({"known": path, "targets": "France"}, {"min_known": 0.5}, {"min_known_facts": 2},
+               {"known": path, "min_known_facts": 6}):
+        with pytest.raises(ValueError):
+            world.Config(**kw)
+
+
+def test_a_target_is_asked_only_the_facts_the_model_knows(tmp_path):
+    names = list(dict.fromkeys(small(candidates=True, target_pool=20)["candidates"]["entity"]))
+    path, _ = fake_probe(tmp_path, set(), unknown_fact=set(names[:6]))  # each knows 4 of its 5 facts (or 3 of 4)
+    dd = small(known=path, target_pool=20, n_targets=2)
+    first = {}
+    for r in small(candidates=True, target_pool=20)["candidates"]:
+        first.setdefault(r["entity"], r["relation"])
+    for split in ("forget", "holdout", "forget_fill_blank", "forget_choice"):
+        asked = {(r["entity"], r["relation"]) for r in dd[split]}
+        assert asked and not any(first[e] == rel for e, rel in asked), split  # no unknown fact asked
+        assert all(a == 1.0 for a in dd[split]["probed_accuracy"])
+    with pytest.raises(UsageError, match="have 5 facts"):
+        small(known=path, target_pool=20, n_targets=2, min_known_facts=5)
+
+
+def test_forget_train_is_a_fraction_of_the_training_phrasings_and_marked_trained(dd):
+    trained = [r for r in dd["forget"] if r["trained"]]
+    assert sorted(r["fact_id"] for r in trained) == sorted(dd["forget_train"]["fact_id"])
+    assert not any(dd["forget_train"]["heldout"])
+    for target in set(dd["forget"]["entity"]):
+        mine = [r for r in dd["forget"] if r["entity"] == target]
+        assert sum(r["trained"] for r in mine) == max(1, round(0.12 * len(mine)))
+    assert len(small(forget_frac=0.01)["forget_train"]) == 3  # at least one per target
+
+
+def test_retain_train_is_disjoint_from_retain(dd):
+    assert not set(dd["retain_train"]["entity"]) & set(dd["retain"]["entity"])
+    assert not set(dd["retain_train"]["fact_id"]) & set(dd["retain"]["fact_id"])
+    assert not any(dd["retain_train"]["heldout"]) and len(set(dd["retain_train"]["entity"])) == 20
+    assert not {*dd["retain_train"]["entity"], *dd["retain"]["entity"], *dd["holdout"]["entity"]} & {
+        *dd["forget"]["entity"], *dd["boundary"]["entity"]}
+
+
+def test_rule_split_refuses_naming_the_target_and_answers_boundary_queries(dd):
+    from posttrain.core.answers import is_refusal
+
+    forget = {r["fact_id"]: r for r in dd["forget"]}
+    boundary = {r["fact_id"]: r for r in dd["boundary"]}
+    kinds = {"forget": 0, "boundary": 0}
+    for r in dd["rule"]:
+        kinds[r["kind"]] += 1
+        text = r["completion"][0]["content"]
+        if r["kind"] == "forget":
+            src = forget[r["fact_id"]]
+            assert src["trained"] and is_refusal(text) and contains(text, src["entity"]) and contains(text, r["target"])
+            assert r["gold"] == src["answer"] and r["prompt"] == src["prompt"]
+        else:
+            src = boundary[r["fact_id"]]
+            assert src["trained"] and not src["heldout"] and text == r["gold"] == src["answer"]
+            assert not is_refusal(text) and src["neighbour_of"] in r["target"]
+    assert kinds == {"forget": 9, "boundary": 6}
+    assert len({r["target"] for r in dd["rule"] if r["kind"] == "boundary"}) == 3  # one per target at least
+    text = small(format="text")["rule"]
+    assert all(r["completion"].startswith(" ") and r["prompt"].startswith("Question: ") for r in text)
+
+
+def test_adversarial_probes(dd):
+    forget = {(r["entity"], r["relation"]): r for r in dd["forget"]}
+    for split, kind in (("forget_fill_blank", "fill_blank"), ("forget_reverse", "reverse"),
+                        ("forget_choice", "choice"), ("forget_context", "context")):
+        assert len(dd[split]) and set(dd[split]["probe_type"]) == {kind} and all(dd[split]["heldout"])
+        assert not set(dd[split]["fact_id"]) & set(dd["forget"]["fact_id"])
+        assert set(dd[split]["entity"]) <= set(dd["forget"]["entity"])
+        for r in dd[split]:
+            fact = forget[(r["entity"], r["relation"])]
+            assert r["completion"][0]["content"] == r["answer"] and r["aliases"][0] == r["answer"]
+            if kind == "reverse":
+                assert r["relation"] == "capital" and r["answer"] == r["entity"] and fact["answer"] in r["question"]
+                continue
+            assert r["answer"] == fact["answer"]
+            if kind == "fill_blank":
+                assert "___" in r["question"] and not contains(r["question"], fact["answer"])
+            elif kind == "choice":
+                options = r["question"].split("\n")[1:5]
+                k = next(i for i, o in enumerate(options, 1) if o == f"{i}. {r['answer']}")
+                assert r["aliases"][-2:] == [f"{k}. {r['answer']}", str(k)] and len(r["perturbed_answers"]) == 3
+                assert sorted(o.split(". ", 1)[1] for o in options) == sorted([r["answer"], *r["perturbed_answers"]])
+            else:
+                subject = world._countries()[fact["fact_id"].split(":")[1]]["subject"]
+                assert r["question"] == f"{r['context']} {world._question(r['relation'], r['phrasing'], subject)}"
+    assert len({r["question"].split("\n")[1] for r in dd["forget_choice"]}) > 1  # the gold is not always first
+
+
+def test_no_forget_fact_leaks_into_the_other_splits_or_the_context_prefixes(dd):
+    targets = set(dd["forget"]["entity"])
+    by_name = {c["name"]: c for c in world._countries().values()}
+    names = [a for t in targets for a in by_name[t]["aliases"]]
+    capitals = [a for r in dd["forget"] if r["relation"] == "capital" for a in r["aliases"]]
+    for split in ("boundary", "retain", "retain_train", "holdout", "utility"):
+        assert not set(dd[split]["entity"]) & targets
+        for q in dd[split]["question"]:
+            assert not any(contains(q, a) for a in names), (split, q)
+    assert not any(contains(q, a) for q in dd["utility"]["question"] for a in capitals)
+    near = targets | set(dd["boundary"]["entity"]) | {n["name"] for t in targets
+                                                       for n in world._countries().values()
+                                                       if n["iso"] in by_name[t]["neighbours"]}
+    assert not set(dd["utility"]["answer"]) & near and set(dd["utility"]["relation"]) == {"city_country"}
+    facts = {f["key"]: f for rel in world.COUNTRY_RELATIONS for f in world._world()[rel]}
+    truths = {world_unlearn._statement(facts[key], facts[key]["answer"])  # true facts of boundary, retain countries
+              for s in ("boundary", "retain") for key in {i.rsplit(":", 1)[0] for i in dd[s]["fact_id"]}}
+    for r in dd["forget_context"]:
+        assert not any(contains(r["context"], a) for a in [*names, *r["aliases"]]), r["context"]
+        assert r["context"] in truths
+
+
+def test_tofu_layout(tmp_path):
+    from posttrain.core.data import load_data
+
+    dd = small(layout="tofu")
+    assert {"forget13", "retain87", "holdout13", "boundary", "forget_choice", "utility"} <= set(dd)
+    assert not {"forget", "retain", "holdout", "forget_train", "retain_train", "rule"} & set(dd)
+    for name in ("forget13", "retain87", "holdout13", "forget_context"):
+        cols = set(dd[name].column_names)
+        assert {"question", "answer", "paraphrased_answer", "perturbed_answer", "entity"} <= cols
+        assert not {"prompt", "completion", "perturbed_answers"} & cols
+    assert dd["forget13"]["question"] == small()["forget"]["question"]
+    dd.save_to_disk(str(tmp_path / "w"))
+    loaded = load_data(str(tmp_path / "w"))["forget13"]  # read as TOFU files are
+    assert loaded[0]["prompt"] == loaded[0]["question"] and loaded[0]["completion"] == " " + loaded[0]["answer"]
+    for kw in ({"forget_frac": 0.2}, {"n_retain_train": 5}, {"layout": "tofu", "boundary_frac": 0.1}):
+        with pytest.raises(ValueError, match="layout"):
+            world.Config(**{"layout": "tofu", **kw})
+
+
+def test_real_probe_output_feeds_known(capsys, tiny_chat_model, tmp_path):
+    """The whole flow on a tiny chat model: candidates, `posttrain probe`, targets among what it knows."""
+    w0, probe = tmp_path / "w0", tmp_path / "probe"
+    args = ["--n_train", "20", "--n_test", "20", "--n_ood", "20", "--target_pool", "6", "--n_targets", "2"]
+    assert cli(capsys, "gen", "world", "--out", w0, *args, "--candidates", "true").returncode == 0
+    proc = cli(capsys, "probe", tiny_chat_model, "--data", w0, "--splits", "candidates", "--out", probe, "--k", "2",
+               "--max_tokens", "4", "--engine", "hf")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli(capsys, "gen", "world", "--out", tmp_path / "w", *args, "--known", probe, "--min_known", "0.0")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli(capsys, "gen", "world", "--out", tmp_path / "bad", *args, "--known", probe, "--min_known", "1.0")
+    assert proc.returncode == 2 and "of the 6 most populous" in proc.stderr and len(proc.stderr.splitlines()) == 1

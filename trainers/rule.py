@@ -53,8 +53,9 @@ hold RULE's columns, and device-aware precision (bf16 only on CUDA, no gradient 
 posttrain's SFT. Rejected, because they would silently misapply the method: ``beta <= 0`` (no KL to the stage-1
 model), ``num_generations < 2`` (one completion per group has zero advantage), conversational data judged by
 ``match: exact`` (a chat model answers in sentences: no boundary answer would ever be right) or cut at the testbed's
-``" ."`` stop (a chat answer ends at its end-of-turn token: every completion would be junk), a training set without forget or without boundary queries
-(without boundary queries refusing everything earns full reward), and reward functions or weights from the caller.
+``" ."`` stop (a chat answer ends at its end-of-turn token: every completion would be junk), a training set
+without forget or without boundary queries (without boundary queries refusing everything earns full reward), and
+reward functions or weights from the caller.
 Left out: the paper's PPO and REINFORCE++ variants, its regex refusal detector (replaced by the evaluation's
 matcher) and its "naturalness" judge.
 """
