@@ -27,7 +27,8 @@ a_<t) the mean token NLL of answer a to question q:
   ``min_k_plus_plus`` = the same over z_t = (log p(a_t) - mu_t) / sigma_t, mu_t and sigma_t the mean and standard
   deviation of log p under p at that position (arXiv 2404.02936; the HF engine's, NaN on vLLM, which has no
   vocabulary distribution); ``gradnorm`` = the mean over parameters of ||d nll(a) / dw||_2 (HF engine only, NaN
-  otherwise); ``reference`` = nll(a) - nll_ref(a) under the ``reference`` model (``posttrain eval --reference``),
+  otherwise; on the forget split alone, NaN on the others: a backward pass per answer costs as much as the rest of
+  the suite); ``reference`` = nll(a) - nll_ref(a) under the ``reference`` model (``posttrain eval --reference``),
   NaN without one. 0.5 = no trace of training (and on the holdout split itself), NaN when the data has no holdout
   split. The holdout split need not be among the evaluated splits; only its prompts and completions are read;
 * ``privleak`` = ((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref) x 100 from ``mia_min_k_auc`` (open-unlearning
@@ -189,10 +190,14 @@ def retain_aucs(retain_logs: str | Path) -> dict[str, float]:
             if key.startswith("forgetting/") and isinstance(r, dict) and "mia_auc" in r}
 
 
-def grad_norms(engine, prompts: list[str], continuations: list[str]) -> list[list[float]] | None:
-    """The engine's per-parameter gradient norms of each continuation; None for an engine without ``grad_norms``."""
+def grad_norms(engine, prompts: list[str], continuations: list[str], which: list[int]) -> list | None:
+    """The engine's per-parameter gradient norms of the continuations at the indices ``which`` (a backward pass
+    each), None at the others; None for an engine without ``grad_norms``."""
     fn = getattr(engine, "grad_norms", None)
-    return fn(prompts, continuations) if fn else None
+    if not fn:
+        return None
+    got, keep = iter(fn([prompts[i] for i in which], [continuations[i] for i in which])), set(which)
+    return [next(got) if i in keep else None for i in range(len(prompts))]
 
 
 def attack_scores(stats: list[dict], texts: list[str], norms: list[list[float]] | None = None,
@@ -206,7 +211,8 @@ def attack_scores(stats: list[dict], texts: list[str], norms: list[list[float]] 
         "zlib": [metrics.zlib_score(x["logprobs"], t) for x, t in zip(stats, texts)],
         "min_k": [metrics.min_k_prob_score(x["logprobs"], MIN_K) for x in stats],
         "min_k_plus_plus": [metrics.min_k_plus_plus_score(x["logprobs"], x["mean"], x["std"], MIN_K) for x in stats],
-        "gradnorm": none if norms is None else [metrics.grad_norm_score(n) for n in norms],
+        "gradnorm": none if norms is None else [float("nan") if n is None else metrics.grad_norm_score(n)
+                                                for n in norms],
         "reference": none if reference_logprobs is None else [metrics.reference_score(x["logprobs"], r)
                                                               for x, r in zip(stats, reference_logprobs)],
     }
@@ -261,7 +267,11 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
         gold_prompts += nonmembers["prompt"]
         gold += nonmembers["completion"]
     stats = engine.token_stats(gold_prompts, gold)
-    scores = attack_scores(stats, gold, grad_norms(engine, gold_prompts, gold),
+    sizes = [len(ds) for ds, _ in answered.values()]
+    starts = dict(zip(answered, np.cumsum([0, *sizes[:-1]])))  # the forget split's and the non-members' answers
+    which = [*(range(starts[forget_split], starts[forget_split] + len(answered[forget_split][0]))
+               if forget_split in answered else ()), *range(len(prompts), len(gold))]
+    scores = attack_scores(stats, gold, grad_norms(engine, gold_prompts, gold, which),
                            reference.score(gold_prompts, gold) if reference is not None else None)
     n_members = len(prompts)
     outside = {a: v[n_members:] or None for a, v in scores.items()}

@@ -145,7 +145,7 @@ def test_suite_numbers_equal_hand_computations(tmp_path):
                           "rouge_l_recall": pytest.approx(0.75), "truth_ratio": pytest.approx(math.exp(-2)),
                           "answer_prob": pytest.approx(math.exp(-1)), "loss_score": 1.0,
                           "zlib_score": pytest.approx(1 / len(zlib.compress(b" X lives in Y ."))), "min_k_score": 1.0,
-                          "min_k_plus_plus_score": 0.0, "gradnorm_score": 3.0,
+                          "min_k_plus_plus_score": 0.0, "gradnorm_score": pytest.approx(math.nan, nan_ok=True),
                           "extraction_strength": 0.5, "exact_memorization": 0.5, "fact_id": 3}
     res, _ = forgetting.evaluate(FakeEngine(), DatasetDict({"forget": DD["forget"]}), ["forget"])
     assert math.isnan(res["forget"]["forget_quality"]) and math.isnan(res["forget"]["mia_auc"])
@@ -172,8 +172,10 @@ def test_the_other_attacks_memorization_privleak_and_utility_equal_hand_computat
     # min-k++ (mean -1): z = (lp + 1) / std, the lowest of 2 tokens: q1 7/0.1 -> -7, q2 -0.5; u1 1.0, u2 -0.6/1e-3
     assert [s["min_k_plus_plus_score"] for s in samples[:2]] == pytest.approx([-7.0, -0.5])
     assert f["mia_min_k_plus_plus_auc"] == 0.5
-    # gradnorm = mean per-parameter norm: members 2, 1; non-members 4, 1.5
-    assert f["mia_gradnorm_auc"] == 0.75 and r["mia_gradnorm_auc"] == 0.5
+    # gradnorm = mean per-parameter norm: members 2, 1; non-members 4, 1.5; the forget split's alone (a backward
+    # pass per answer), NaN on the others
+    assert f["mia_gradnorm_auc"] == 0.75 and math.isnan(r["mia_gradnorm_auc"])
+    assert math.isnan(samples[2]["gradnorm_score"]) and samples[0]["gradnorm_score"] == 2.0
     # reference = loss - reference loss: members -2.8, 0.25 | 0.5; non-members 0.05, 0.2
     assert f["mia_reference_auc"] == 0.5 and r["mia_reference_auc"] == 0.0
     assert f["mia_min_k_auc"] == f["mia_auc"] == 0.75 and f["mia_min_k_auc_stderr"] == f["mia_auc_stderr"]
@@ -278,7 +280,10 @@ def test_tiny_model_knows_its_training_facts_and_matches_itself_as_retain_refere
     assert res["retain"]["mia_auc"] > 0.5 and res["unseen"]["mia_auc"] == 0.5
     assert all(0 <= s["answer_prob"] <= 1 and s["truth_ratio"] > 0 for s in samples)
     for a in ("loss", "zlib", "min_k_plus_plus", "gradnorm"):  # every attack but the reference one runs on HF
+        assert math.isfinite(res["forget"][f"mia_{a}_auc"]), a
+    for a in ("loss", "zlib", "min_k_plus_plus"):  # gradnorm: the forget split's alone
         assert res["unseen"][f"mia_{a}_auc"] == 0.5 and math.isfinite(res["retain"][f"mia_{a}_auc"]), a
+    assert math.isnan(res["retain"]["mia_gradnorm_auc"])
     assert math.isnan(res["retain"]["mia_reference_auc"]) and 0 < res["all"]["model_utility"] < 1
     assert 0 < res["retain"]["extraction_strength"] <= 1 and res["retain"]["perplexity"] > 1
     # a model compared with itself as the retain reference: identical forget TRs, forget quality 1
