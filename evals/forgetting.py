@@ -38,7 +38,7 @@ a_<t) the mean token NLL of answer a to question q:
 * over the gold answer's T tokens, teacher-forced (open-unlearning ``memorization.py``): ``exact_memorization`` =
   mean_i (1/T) sum_t 1[argmax p(. | q, a_<t) = a_t]; ``extraction_strength`` = mean_i 1 - k/T, k the first
   position from which every argmax equals the label (T - 1 when none does: at least 1/T, as theirs);
-  ``perplexity`` = mean_i exp(nll(gold_i));
+  ``perplexity`` = exp(mean_i nll(gold_i)) (``metrics.perplexity``);
 * ``model_utility`` (the extra results entry ``all``, beside the splits, with ``n`` the questions it aggregates) =
   the harmonic mean of ``answer_prob``, ``rouge_l_recall`` and ``truth_ratio_true_better`` of every evaluated split
   but the forget and holdout splits (TOFU's ``hm_aggregate``, open-unlearning ``utility.py``, over its retain,
@@ -303,9 +303,9 @@ def evaluate(engine, dd: DatasetDict, splits: list[str], limit: int | None = Non
                              ("junk_rate", junk), ("rouge_l_recall", rouge),
                              ("answer_prob", prob), ("truth_ratio", closer if s == forget_split else better),
                              ("truth_ratio_closer_to_1", closer), ("truth_ratio_true_better", better),
-                             ("extraction_strength", extraction), ("exact_memorization", memorized),
-                             ("perplexity", [metrics.perplexity(stats[i]["logprobs"]) for i in mine])):
+                             ("extraction_strength", extraction), ("exact_memorization", memorized)):
             r.update(metrics.mean_with_stderr(name, values))
+        r.update(metrics.perplexity(member["loss"]))
         r.update(metrics.mean_with_stderr("named_refusal_rate", named) if named is not None
                  else {"named_refusal_rate": float("nan"), "named_refusal_rate_stderr": float("nan")})
         r["forget_quality"] = (metrics.forget_quality(ratios, retain_ratios) if s == forget_split and retain_ratios

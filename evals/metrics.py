@@ -282,9 +282,12 @@ def model_utility(values: Sequence[float]) -> float:
     return float(out) if np.ndim(values) == 1 else out
 
 
-def perplexity(token_logprobs: Sequence[float]) -> float:
-    """exp(-mean_t log p(x_t | x_<t)) = exp(loss_score)."""
-    return float(np.exp(loss_score(token_logprobs)))
+def perplexity(nlls: Sequence[float]) -> dict[str, float]:
+    """{perplexity: exp(mean_i nll_i), perplexity_stderr: exp(mean_i nll_i) * stderr(nll)} over answers i, nll_i the
+    answer's mean token NLL (``loss_score``): the geometric mean of the answers' own perplexities exp(nll_i), whose
+    arithmetic mean one unlikely answer would swamp; the standard error by the delta method."""
+    ppl = float(np.exp(np.mean(nlls))) if len(nlls) else float("nan")
+    return {"perplexity": ppl, "perplexity_stderr": ppl * stderr(nlls)}
 
 
 # --- flips ---------------------------------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_the_other_attacks_memorization_privleak_and_utility_equal_hand_computat
     # argmax flags: q1 all -> ES 1, EM 1; q2 the last -> ES 1/2, EM 1/2; q3 the first only -> ES 1/2 (k = T - 1)
     assert (f["extraction_strength"], f["exact_memorization"]) == (0.75, 0.75)
     assert (r["extraction_strength"], r["exact_memorization"]) == (0.5, 0.5)
-    assert f["perplexity"] == pytest.approx((math.exp(0.2) + math.exp(0.35)) / 2) and r["perplexity"] == math.e
+    assert f["perplexity"] == pytest.approx(math.exp((0.2 + 0.35) / 2)) and r["perplexity"] == pytest.approx(math.e)
     # model utility: the retain split alone (not the forget split): its answer_prob, ROUGE-L recall, true_better
     values = [r["answer_prob"], r["rouge_l_recall"], r["truth_ratio_true_better"]]
     assert res["all"]["model_utility"] == pytest.approx(1 / np.mean(1 / np.array(values)))

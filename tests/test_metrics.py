@@ -175,7 +175,9 @@ def test_min_k_plus_plus_against_a_direct_computation_from_a_softmax():
 
 def test_loss_zlib_reference_grad_norm_and_perplexity_scores():
     lp = [-0.5, -1.5, -1.0]
-    assert m.loss_score(lp) == pytest.approx(1.0) and m.perplexity(lp) == pytest.approx(math.e)
+    assert m.loss_score(lp) == pytest.approx(1.0) and m.perplexity([1.0])["perplexity"] == pytest.approx(math.e)
+    ppl = m.perplexity([1.0, 3.0])  # the geometric mean of e and e^3; delta-method error e^2 * sem
+    assert ppl == pytest.approx({"perplexity": math.e ** 2, "perplexity_stderr": math.e ** 2 * 1.0})
     text = "Paris is the capital of France. " * 3
     assert m.zlib_score(lp, text) == pytest.approx(1.0 / len(zlib.compress(text.encode("utf-8"))))
     assert len(zlib.compress(text.encode("utf-8"))) < len(text)  # compressed, not the raw length
