@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--relearn_split", default=None, metavar="NAME", help="the split relearned on, less the asked "
                    "questions (--relearn; default: FORGET_train when the data has it, else the forget split)")
     e.add_argument("--relearn_lr", type=float, default=None, help="the attack's constant learning rate (--relearn; "
-                   "default 1e-4)")
+                   "default 1e-5)")
     e.add_argument("--relearn_batch_size", type=int, default=None, metavar="N", help="the attack's batch size "
                    "(--relearn; default 8)")
     e.add_argument("--seed", type=int, default=0, help="seed of the engines' sampling and the bootstrap, and of "

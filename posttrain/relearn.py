@@ -59,7 +59,7 @@ class Attack:
     default, see the module docstring)."""
 
     steps: int
-    lr: float = 1e-4
+    lr: float = 1e-5  # at 1e-4, ten Adam steps on six true answers wreck SmolLM2's answers to the others
     batch_size: int = 8
     split: str | None = None
 

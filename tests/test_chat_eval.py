@@ -89,6 +89,10 @@ class Canned:
     def score(self, prompts, continuations):
         return [[-0.1] * max(1, len(c.split())) for c in continuations]
 
+    def token_stats(self, prompts, continuations):
+        return [{"logprobs": lp, "argmax": [True] * len(lp), "mean": [-1.0] * len(lp), "std": [1.0] * len(lp)}
+                for lp in self.score(prompts, continuations)]
+
 
 def rendered(tiny_chat_model) -> DatasetDict:
     fmt = chat.chat_format(load_tokenizer(str(tiny_chat_model)))

@@ -103,7 +103,7 @@ def test_cli_prints_the_relearn_summary(capsys, tiny_lora, tiny_kg, tmp_path):
     assert "relearn: 2 steps on 4 rows of 'forget'" in proc.stdout and "its LoRA adapter" in proc.stdout
     assert "relearn_recovery" in proc.stdout
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert doc["relearn"]["evaluated_rows"] == "seeded half" and doc["relearn"]["lr"] == 1e-4
+    assert doc["relearn"]["evaluated_rows"] == "seeded half" and doc["relearn"]["lr"] == 1e-5
 
 
 @pytest.mark.parametrize("given, message", [
