@@ -23,8 +23,9 @@ and their drops from the base model, the retain answers' perplexity, the MIA AUC
 holdout split (0.5 = indistinguishable), and ``relearned`` = held-out forget accuracy after N relearning steps on
 the trained forget rows. A method *dominates* RULE when it is at least as good on forget_ho (lower), neighbour and
 retain (higher) and better on one by more than both standard errors. ``--sweep`` runs seed 0 with every setting of
-``SWEEP`` (without the attack) and prints the table the chosen ``SETTINGS`` come from; the main run reuses those
-runs. Writes the forget-vs-utility plot
+``SWEEP`` (without the attack) and prints the table the chosen ``SETTINGS`` come from (per method the lowest
+forget_ho among the settings within 0.1 of the base model's retain accuracy, else the smallest retain drop); the
+main run reuses those runs. Writes the forget-vs-utility plot
 (``--plot``), and ends with ``RESULT rule_forget_acc=.. rule_neighbour_drop=.. rule_retain_drop=..
 rule_named_refusal=.. rule_junk=.. relearn_recovery=.. dominated_by=none|method,...``.
 """
@@ -62,10 +63,10 @@ SETTINGS = {  # method -> its flags, chosen from the sweep (recipes/unlearn/READ
     "idk_sft": ["--learning_rate", "1e-4", *EPOCHS],
     "rule": ["--rebo.max_steps", "5"],
 }
-SWEEP = {  # method -> the settings tried on seed 0 (the budget allowed two rates for GA, GradDiff and NPO)
+SWEEP = {  # method -> the settings tried on seed 0 (the session's budget: two rates for GA, GradDiff, NPO)
     **{m: [["--learning_rate", lr, *EPOCHS] for lr in ("1e-4", "5e-4")] for m in ("ga", "grad_diff", "npo")},
     **{m: [["--learning_rate", "1e-4", *EPOCHS]] for m in ("simnpo", "idk_sft")},
-    "rule": [["--rebo.max_steps", n] for n in ("5", "10")],
+    "rule": [["--rebo.max_steps", "5"]],
 }
 COLUMNS = ("forget_ho", "forget", *ADVERSARIAL, "refusal", "named", "wrong", "junk", "neighbour", "retain", "utility",
            "neighbour_drop", "retain_drop", "utility_drop", "perplexity", "mia_loss", "mia_zlib", "mia_min_k",
@@ -182,6 +183,13 @@ def main() -> None:
     print(f"\nmean ± standard error over seeds {seeds}:")
     print(table(["method", *COLUMNS], [[n, *(f"{agg[n][c][0]:.3f} ± {agg[n][c][1]:.3f}" for c in COLUMNS)]
                                        for n in names]))
+    if args.sweep:  # the rule SETTINGS follow: the lowest forget_ho within 0.1 of the base's retain accuracy, else
+        for method in settings:  # the smallest retain drop
+            tried = [n for n in names if n.split(":")[0] == method]
+            kept = [n for n in tried if agg[n]["retain_drop"][0] <= 0.1]
+            best = (min(kept, key=lambda n: agg[n]["forget_ho"][0]) if kept
+                    else min(tried, key=lambda n: agg[n]["retain_drop"][0]))
+            print(f"chosen for {method}: {best}")
     if args.plot:
         report.forget_retain_scatter(Path(args.plot), {n: (agg[n]["retain"][0], agg[n]["forget_ho"][0])
                                                        for n in names}, "accuracy (held-out forget phrasings)")

@@ -194,9 +194,10 @@ def grad_norms(engine, prompts: list[str], continuations: list[str], which: list
     """The engine's per-parameter gradient norms of the continuations at the indices ``which`` (a backward pass
     each), None at the others; None for an engine without ``grad_norms``."""
     fn = getattr(engine, "grad_norms", None)
-    if not fn:
+    norms = fn([prompts[i] for i in which], [continuations[i] for i in which]) if fn else None
+    if norms is None:  # no gradients (``Served`` of a vLLM engine says so with None)
         return None
-    got, keep = iter(fn([prompts[i] for i in which], [continuations[i] for i in which])), set(which)
+    got, keep = iter(norms), set(which)
     return [next(got) if i in keep else None for i in range(len(prompts))]
 
 

@@ -276,7 +276,8 @@ def test_rule_both_stages_on_chat_rows(tmp_path, tiny_chat_model, chat_data, tok
     pipeline.write_text(yaml.safe_dump({
         "stages": [{"rs": rs}, {"rebo": {"method": "rule", "refusals": [REFUSAL], "stop": [], "match": "contains",
                                          "num_generations": 2, "per_device_train_batch_size": 2,
-                                         "max_completion_length": 6, "max_steps": 1, "learning_rate": 1e-3, "logging_steps": 1}}],
+                                         "max_completion_length": 6, "max_steps": 1, "learning_rate": 1e-3,
+                                         "logging_steps": 1}}],
         "model_name_or_path": str(tiny_chat_model), "dataset_path": str(chat_data), "dataset_train_split": "rule",
         "output_dir": str(tmp_path / "rule"), "save_strategy": "no", "report_to": "none", "seed": 0}))
     run = train(str(pipeline))

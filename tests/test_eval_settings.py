@@ -145,7 +145,7 @@ def test_a_holdout_split_named_by_holdout_split_gives_the_mia_auc(capsys, tmp_pa
     named = cli(capsys, "eval", tiny_run, *common, "--holdout_split", "holdout", "--output", tmp_path / "named")
     assert named.returncode == 0, named.stderr[-2000:]
     doc = _doc(tmp_path / "named")
-    assert set(doc["results"]) == {"forgetting/forget", "forgetting/retain"}
+    assert set(doc["results"]) == {"forgetting/forget", "forgetting/retain", "forgetting/all"}
     forget, retain = doc["results"]["forgetting/forget"], doc["results"]["forgetting/retain"]
     assert math.isfinite(forget["mia_auc"]) and math.isfinite(forget["mia_auc_stderr"])
     assert retain["mia_auc"] == 0.5  # the holdout file is the retain file here: the same scores

@@ -62,7 +62,7 @@ def test_forget_quality_against_retain_logs(tiny_run, tiny_kg, tmp_path):
     report = tmp_path / "report"
     proc = posttrain("report", first, second, "--output", report, check=True)
     table, diff = proc.stdout.split("## differences from")
-    assert table.count(str(first)) == 2  # one row per split of the first run
+    assert table.count(str(first)) == 3  # one row per split of the first run, and its cross-split row (utility)
     assert "| forgetting | forget | exact_match |" in diff and "| no |" in diff  # the same model: no difference
     assert (report / "forget_vs_retain.png").stat().st_size > 1000
     assert "forget_vs_retain.png" in (report / "report.md").read_text()
