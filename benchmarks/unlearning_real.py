@@ -192,7 +192,7 @@ def main() -> None:
             print(f"chosen for {method}: {best}")
     if args.plot:
         report.forget_retain_scatter(Path(args.plot), {n: (agg[n]["retain"][0], agg[n]["forget_ho"][0])
-                                                       for n in names}, "accuracy (held-out forget phrasings)")
+                                                       for n in names}, "accuracy")
     rule = [n for n in names if n.startswith("rule")]
     if not rule:
         return

@@ -1,7 +1,8 @@
 """RULE: Reinforcement UnLEarning (Zhang et al., arXiv 2506.07171; METHODS.md §2). Unlearning as refusal-boundary
-optimisation, in two stages on the data of ``posttrain gen boundary`` (its ``rule`` split: forget queries with a
-refusal naming their target, ``kind`` "forget", and boundary queries about neighbouring entities with their gold
-answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as many boundary queries, as in the paper).
+optimisation, in two stages on the data of ``posttrain gen boundary`` or ``gen world`` (their ``rule`` split: forget
+queries with a refusal naming their target, ``kind`` "forget", and boundary queries about neighbouring entities with
+their gold answers, ``kind`` "boundary"; by default 12% of the forget queries and 8% as many boundary queries, as in
+the paper).
 
 * Stage 1, rejection steering (``method: rule_rs``, ``trainers/rejection_steering.py``): plain SFT (posttrain's
   ``SFTTrainer``, loss on the completion) from the forget queries to their refusals; ``rejection_only: false`` adds
