@@ -552,4 +552,5 @@ def generate(cfg: Config) -> DatasetDict:
     from posttrain.data_gen import world_unlearn
 
     splits = {**_rtuning(cfg), **world_unlearn.unlearning(cfg)}
-    return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})
+    # a split of no rows (n_neighbours 0: no boundary) is left out: saved without columns, it could not be loaded
+    return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items() if rows})

@@ -317,3 +317,12 @@ def test_real_probe_output_feeds_known(capsys, tiny_chat_model, tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = cli(capsys, "gen", "world", "--out", tmp_path / "bad", *args, "--known", probe, "--min_known", "1.0")
     assert proc.returncode == 2 and "of the 6 most populous" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_split_of_no_rows_is_left_out_and_the_rest_loads(tmp_path):
+    from datasets import load_from_disk
+
+    dd = small(n_neighbours=0)
+    assert "boundary" not in dd and len(dd["forget"])
+    dd.save_to_disk(str(tmp_path / "w"))
+    assert set(load_from_disk(str(tmp_path / "w"))) == set(dd)
