@@ -1,8 +1,7 @@
 """Unlearning a real model (issue 27): RULE against GradAscent, GradDiff, NPO, SimNPO and IdkSFT on real countries
 SmolLM2-135M-Instruct knows (RWKU-style), all with LoRA, over several target sets.
 
-    python benchmarks/unlearning_real.py [--seeds 0 1] [--out runs/bench-unlearning-real] [--sweep]
-                                         [--method ga:--learning_rate=3e-4 ...] [--relearn 10]
+    python benchmarks/unlearning_real.py [--seeds 0 1] [--out runs/bench-unlearning-real] [--sweep] [--relearn 10]
 
 Every step is a user's CLI call:
 
@@ -23,9 +22,9 @@ and their drops from the base model, the retain answers' perplexity, the MIA AUC
 holdout split (0.5 = indistinguishable), and ``relearned`` = held-out forget accuracy after N relearning steps on
 the trained forget rows. A method *dominates* RULE when it is at least as good on forget_ho (lower), neighbour and
 retain (higher) and better on one by more than both standard errors. ``--sweep`` runs seed 0 with every setting of
-``SWEEP`` (without the attack) and prints the table the chosen ``SETTINGS`` come from (per method the lowest
+``SWEEP`` and prints the table the chosen ``SETTINGS`` come from (per method the lowest
 forget_ho among the settings within 0.1 of the base model's retain accuracy, else the smallest retain drop); the
-main run reuses those runs. Writes the forget-vs-utility plot
+main run reuses those runs. Writes the forget-vs-retain plot
 (``--plot``), and ends with ``RESULT rule_forget_acc=.. rule_neighbour_drop=.. rule_retain_drop=..
 rule_named_refusal=.. rule_junk=.. relearn_recovery=.. dominated_by=none|method,...``.
 """
@@ -63,10 +62,12 @@ SETTINGS = {  # method -> its flags, chosen from the sweep (recipes/unlearn/READ
     "idk_sft": ["--learning_rate", "1e-4", *EPOCHS],
     "rule": ["--rebo.max_steps", "5"],
 }
-SWEEP = {  # method -> the settings tried on seed 0 (the session's budget: two rates for GA, GradDiff, NPO)
-    **{m: [["--learning_rate", lr, *EPOCHS] for lr in ("1e-4", "5e-4")] for m in ("ga", "grad_diff", "npo")},
-    **{m: [["--learning_rate", "1e-4", *EPOCHS]] for m in ("simnpo", "idk_sft")},
-    "rule": [["--rebo.max_steps", "5"]],
+SWEEP = {  # method -> the settings tried on seed 0 (the session's budget: RULE first, two rates for most baselines)
+    "rule": [["--rebo.max_steps", "5"], ["--rs.num_train_epochs", "5", "--rebo.max_steps", "20"],
+             ["--rs.num_train_epochs", "5", "--rs.rejection_only", "false", "--rebo.max_steps", "20"]],
+    "ga": [["--learning_rate", "1e-4", *EPOCHS]],
+    **{m: [["--learning_rate", lr, *EPOCHS] for lr in ("1e-4", "5e-4")] for m in ("grad_diff", "npo")},
+    **{m: [["--learning_rate", lr, *EPOCHS] for lr in ("5e-5", "1e-4")] for m in ("simnpo", "idk_sft")},
 }
 COLUMNS = ("forget_ho", "forget", *ADVERSARIAL, "refusal", "named", "wrong", "junk", "neighbour", "retain", "utility",
            "neighbour_drop", "retain_drop", "utility_drop", "perplexity", "mia_loss", "mia_zlib", "mia_min_k",
@@ -87,21 +88,14 @@ def train(method: str, flags: list[str], data: Path, run: Path, seed: int, model
     posttrain("train", f"unlearn/{BASELINES[method]}.yaml", *common, *splits, *LORA, *refusals, *flags)
 
 
-def relearned(run, data: Path, out: Path, seed: int, steps: int) -> dict:
-    """The relearning attack's section: ``posttrain eval --relearn`` on the forget split."""
-    if not (out / "results.json").is_file():
-        posttrain("eval", run, "--data", data, "--suite", "forgetting", "--splits", "forget", "--engine", "hf",
-                  "--holdout_split", "holdout", "--output", out, "--seed", seed, "--bootstrap_iters", "0",
-                  "--relearn", steps, "--relearn_lr", RELEARN_LR, "--overwrite_output_dir")
-    return json.loads((out / "results.json").read_text())["relearn"]
-
-
 def evaluate(run, data: Path, out: Path, seed: int, relearn: int) -> dict:
-    """One model's figures (the module docstring's columns) from ``posttrain eval --suite forgetting``."""
+    """One model's figures (the module docstring's columns) from ``posttrain eval --suite forgetting`` (with the
+    relearning attack of ``relearn`` steps, unless 0)."""
     if not (out / "results.json").is_file():
+        attack = ["--relearn", relearn, "--relearn_lr", RELEARN_LR] if relearn else []
         posttrain("eval", run, "--data", data, "--suite", "forgetting", "--splits", ",".join(SPLITS), "--engine", "hf",
                   "--holdout_split", "holdout", "--output", out, "--seed", seed, "--bootstrap_iters", "200",
-                  "--overwrite_output_dir")
+                  *attack, "--overwrite_output_dir")
     doc = json.loads((out / "results.json").read_text())
     res = {k.split("/", 1)[1]: v for k, v in doc["results"].items() if k.startswith("forgetting/")}
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -117,7 +111,7 @@ def evaluate(run, data: Path, out: Path, seed: int, relearn: int) -> dict:
            **{a: res[f"forget_{a}"]["exact_match"] for a in ADVERSARIAL},
            **{m: f.get(f"{m}_auc", float("nan")) for m in ("mia_loss", "mia_zlib", "mia_min_k",
                                                            "mia_min_k_plus_plus", "mia_gradnorm")}}
-    attack = relearned(run, data, out.parent / "relearn", seed, relearn) if relearn else {}
+    attack = doc.get("relearn", {})
     row["relearned"] = attack.get("accuracy_after", float("nan"))
     row["recovery"] = attack.get("relearn_recovery", float("nan"))
     return row
@@ -162,8 +156,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-unlearning-real")
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--relearn", type=int, default=10, help="relearning steps of the attack (0: none)")
-    ap.add_argument("--sweep", action="store_true", help="seed 0, every setting of SWEEP (no relearning attack)")
-    ap.add_argument("--plot", default="recipes/unlearn/forget_vs_utility_real.png", help="'' for none")
+    ap.add_argument("--sweep", action="store_true", help="seed 0, every setting of SWEEP")
+    ap.add_argument("--plot", default="recipes/unlearn/forget_vs_retain_real.png", help="'' for none")
     args = ap.parse_args()
     root = Path(args.out)
     candidates, probe = root / "candidates", root / "probe"
@@ -174,7 +168,7 @@ def main() -> None:
                   "--engine", "hf", "--overwrite_output_dir")
     settings = SWEEP if args.sweep else {m: [f] for m, f in SETTINGS.items()}
     seeds = [0] if args.sweep else args.seeds
-    per_seed = {s: run_seed(s, root, probe, settings, args.model, 0 if args.sweep else args.relearn) for s in seeds}
+    per_seed = {s: run_seed(s, root, probe, settings, args.model, args.relearn) for s in seeds}
     names = list(per_seed[seeds[0]])
     for s in seeds:
         print(f"\nseed {s}:")

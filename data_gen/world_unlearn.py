@@ -179,12 +179,12 @@ def _probes(cfg, rng, who: dict, by_iso: dict, known: dict, accuracy: dict) -> d
                 for n, template in enumerate(REVERSE[f["relation"]]):
                     out["forget_reverse"].append(probe(f, "reverse", n, _sentence(template.format(o=f["answer"])),
                                                        name, country["aliases"], wrong))
-            # the prefix: a true fact of a boundary country (else a retain one) that names no target and no answer
-            # of this fact, of the same relation where one is left
+            # the prefix: a fact the boundary split (else the retain split) asks, its true statement naming no
+            # target and no answer of this fact, of the same relation where one is left
             leaks = [*who["names"], *f["aliases"]]
             for tier in (neighbours, who["retain"]):
-                facts = [g for b in tier for g in by_iso.get(b, ())
-                         if not any(contains(_statement(g, g["answer"]), a) for a in leaks)]
+                facts = [g for b in tier for g in by_iso.get(b, ()) if not _names(g, who)
+                         and not any(contains(_statement(g, g["answer"]), a) for a in leaks)]
                 facts = [g for g in facts if g["relation"] == f["relation"]] or facts
                 if facts:
                     break
@@ -255,12 +255,12 @@ def unlearning(cfg) -> dict[str, list[dict]]:
     known = known_facts(cfg, by_iso, accuracy)
     who = _countries(cfg, rng, by_iso, known)
 
-    def rows(members, trained_only=False, facts=by_iso):
+    def rows(members, trained_only=False, facts=by_iso, forget=False):
         return [{**w._row(cfg, f, t, *extra), "probed_accuracy": accuracy.get(f["key"], math.nan)}
-                for iso, *extra in members for f in facts.get(iso, ())
+                for iso, *extra in members for f in facts.get(iso, ()) if forget or not _names(f, who)
                 for t in _phrasings(f["relation"], trained_only)]
 
-    forget, boundary = rows([(iso,) for iso in who["targets"]], facts=known), rows(who["boundary"])
+    forget, boundary = rows([(iso,) for iso in who["targets"]], facts=known, forget=True), rows(who["boundary"])
     trained, rule = _rule(cfg, rng, forget, boundary, {countries[t]["name"]: countries[t]["subject"]
                                                       for t in who["targets"]})
     forget, boundary = ([{**r, "trained": r["fact_id"] in trained} for r in split] for split in (forget, boundary))
@@ -276,6 +276,13 @@ def unlearning(cfg) -> dict[str, list[dict]]:
         splits["candidates"] = [w._row(cfg, f, t) for iso in ranked for f in by_iso[iso]
                                 for t in _phrasings(f["relation"])]
     return splits
+
+
+def _names(fact: dict, who: dict) -> bool:
+    """Whether an accepted answer of ``fact`` names a target ("Which country borders Libya?": Egypt among them):
+    answering it is the target's knowledge asked from the other side, so no neighbour, retain or holdout split
+    asks it."""
+    return any(contains(a, name) for a in fact["aliases"] for name in who["names"])
 
 
 def _utility(cfg, rng, who: dict) -> list[dict]:

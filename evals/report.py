@@ -62,8 +62,8 @@ def popularity_table(by_popularity: list[dict]) -> str:
 
 
 def exposure_table(by_exposure: dict) -> str:
-    return table(["exposure", "n", "exact_match"], [[b, v["n"], cell({"m": v["accuracy"], "m_stderr": v["stderr"]}, "m")]
-                                                    for b, v in by_exposure.items()])
+    rows = [[b, v["n"], cell({"m": v["accuracy"], "m_stderr": v["stderr"]}, "m")] for b, v in by_exposure.items()]
+    return table(["exposure", "n", "exact_match"], rows)
 
 
 def summary(results: dict[str, dict]) -> str:
@@ -182,9 +182,12 @@ def pass_at_k(result: dict) -> dict[int, float]:
 
 
 def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], config: dict, configs: dict,
-          higher_is_better: dict) -> None:
+          higher_is_better: dict, sections: dict[str, tuple[dict, str]] | None = None) -> None:
     """Write results, samples, report and plots of every suite into ``out`` (a directory that exists). ``configs``:
-    per suite its version, splits, generation settings and options; ``higher_is_better``: per suite, per metric."""
+    per suite its version, splits, generation settings and options; ``higher_is_better``: per suite, per metric;
+    ``sections``: further top-level keys of ``results.json`` (e.g. ``relearn``), each with its Markdown for the
+    report."""
+    sections = sections or {}
     doc = {
         "results": {f"{suite}/{split}": r for suite, res in results.items() for split, r in res.items()},
         "configs": configs,
@@ -197,6 +200,7 @@ def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], c
         "git_hash": git_hash(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_versions": package_versions(),
+        **{name: content for name, (content, _) in sections.items()},
     }
     write_json(out / "results.json", doc)
     with open(out / "samples.jsonl", "w") as f:
@@ -227,6 +231,8 @@ def write(out: Path, results: dict[str, dict], samples: dict[str, list[dict]], c
         if curves:
             pass_at_k_curve(out / f"{suite}_pass_at_k.png", curves)
             parts += ["", f"![pass@k]({suite}_pass_at_k.png)"]
+    for name, (_, markdown) in sections.items():
+        parts += ["", f"## {name}", "", markdown]
     (out / "report.md").write_text("\n".join(parts) + "\n")
 
 

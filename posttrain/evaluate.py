@@ -219,7 +219,5 @@ def run_eval(model: str, data: str, suites: list[str] = ("qa",), splits: list[st
               for suite, res in results.items()}
     with atomic_dir(out) as tmp:
         report.write(tmp, results, {**samples, **({"relearn": relearn_samples} if attack else {})}, config, configs,
-                     better)
-        if attack:
-            relearning.write(tmp, section)
+                     better, {"relearn": (section, relearning.summary(section))} if attack else None)
     return out, results, samples

@@ -23,17 +23,16 @@ attacker has the released adapter; no new LoRA settings to choose); a full model
 model lives in a temporary directory beside the eval output, deleted when the eval ends, failed or not.
 
 Both models answer the evaluated rows through the forgetting suite (its options: ``--match``, ``--stop``,
-``--max_tokens``, ``--refusal``; ``--limit`` does not cap them). ``results.json`` gets a ``relearn`` section: the
-settings, ``n_relearn`` and ``n_evaluated``, ``accuracy_before`` / ``accuracy_after`` (exact match) and
-``relearn_recovery`` = after - before (each with ``_stderr``; the recovery's is paired, over the per-row
-differences), the training loss, and the suite's full results ``before`` and ``after``; ``samples.jsonl`` the answers
-of both (suite ``relearn``, ``phase`` before / after).
+``--max_tokens``, ``--refusal``; ``--limit`` does not cap them). ``results.json`` gets a ``relearn`` section (and
+``report.md`` its table): the settings, ``n_relearn`` and ``n_evaluated``, ``accuracy_before`` / ``accuracy_after``
+(exact match) and ``relearn_recovery`` = after - before (each with ``_stderr``; the recovery's is paired, over the
+per-row differences), the training loss, and the suite's full results ``before`` and ``after``; ``samples.jsonl``
+the answers of both (suite ``relearn``, ``phase`` before / after).
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import random
 import tempfile
 from contextlib import contextmanager
@@ -47,7 +46,6 @@ from transformers import PrinterCallback
 from posttrain.core import modeling
 from posttrain.core.data import split
 from posttrain.core.errors import UsageError
-from posttrain.core.runs import write_json
 from posttrain.evals import forgetting, metrics, report
 from posttrain.evals.targets import Target
 from posttrain.trainers import sft
@@ -192,15 +190,6 @@ def section(settings: Attack, rows: Rows, seed: int, adapter: bool, loss: float,
     return {**asdict(settings), "split": rows.split, "forget_split": rows.forget_split, "seed": seed,
             "evaluated_rows": rows.chosen_by, "trained": "its LoRA adapter" if adapter else "the full model",
             "n_relearn": len(rows.relearned), "train_loss": loss, **compared}
-
-
-def write(out: Path, relearn: dict) -> None:
-    """Add the section to the eval output in ``out`` (``report.write``'s files): ``results.json`` and a table
-    in ``report.md``."""
-    doc = json.loads((out / "results.json").read_text())
-    write_json(out / "results.json", {**doc, "relearn": relearn})
-    with open(out / "report.md", "a") as f:
-        f.write(f"\n## relearn\n\n{summary(relearn)}\n")
 
 
 def summary(relearn: dict) -> str:
