@@ -2,6 +2,7 @@
 SmolLM2-135M-Instruct knows (RWKU-style), all with LoRA, over several target sets.
 
     python benchmarks/unlearning_real.py [--seeds 0 1] [--out runs/bench-unlearning-real] [--sweep] [--relearn 10]
+                                         [--methods rule ga ...]
 
 Every step is a user's CLI call:
 
@@ -60,11 +61,13 @@ SETTINGS = {  # method -> its flags, chosen from the sweep (recipes/unlearn/READ
     "npo": ["--learning_rate", "1e-4", *EPOCHS],
     "simnpo": ["--learning_rate", "1e-4", *EPOCHS],
     "idk_sft": ["--learning_rate", "1e-4", *EPOCHS],
-    "rule": ["--rebo.max_steps", "5"],
+    "rule": ["--rs.num_train_epochs", "5", "--rs.rejection_only", "false", "--rebo.max_steps", "20"],
 }
 SWEEP = {  # method -> the settings tried on seed 0 (the session's budget: RULE first, two rates for most baselines)
-    "rule": [["--rebo.max_steps", "5"], ["--rs.num_train_epochs", "5", "--rebo.max_steps", "20"],
-             ["--rs.num_train_epochs", "5", "--rs.rejection_only", "false", "--rebo.max_steps", "20"]],
+    "rule": [["--rebo.max_steps", "5"], ["--rebo.max_steps", "20"],  # rule/hub.yaml: 20 epochs, then 20 steps
+             *(["--rs.num_train_epochs", e, "--rebo.max_steps", "20"] for e in ("5", "10")),
+             *(["--rs.num_train_epochs", e, "--rs.rejection_only", "false", "--rebo.max_steps", "20"]
+               for e in ("5", "20"))],  # stage 1 with the boundary rows answered too
     "ga": [["--learning_rate", "1e-4", *EPOCHS]],
     **{m: [["--learning_rate", lr, *EPOCHS] for lr in ("1e-4", "5e-4")] for m in ("grad_diff", "npo")},
     **{m: [["--learning_rate", lr, *EPOCHS] for lr in ("5e-5", "1e-4")] for m in ("simnpo", "idk_sft")},
@@ -156,6 +159,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-unlearning-real")
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--relearn", type=int, default=10, help="relearning steps of the attack (0: none)")
+    ap.add_argument("--methods", nargs="+", choices=list(SETTINGS), help="only these (default: all)")
     ap.add_argument("--sweep", action="store_true", help="seed 0, every setting of SWEEP")
     ap.add_argument("--plot", default="recipes/unlearn/forget_vs_retain_real.png", help="'' for none")
     args = ap.parse_args()
@@ -166,7 +170,8 @@ def main() -> None:
                   "--overwrite_output_dir")
         posttrain("probe", args.model, "--data", candidates, "--splits", "candidates", "--out", probe, "--k", "2",
                   "--engine", "hf", "--overwrite_output_dir")
-    settings = SWEEP if args.sweep else {m: [f] for m, f in SETTINGS.items()}
+    settings = {m: v for m, v in (SWEEP if args.sweep else {m: [f] for m, f in SETTINGS.items()}).items()
+                if m in (args.methods or SETTINGS)}
     seeds = [0] if args.sweep else args.seeds
     per_seed = {s: run_seed(s, root, probe, settings, args.model, args.relearn) for s in seeds}
     names = list(per_seed[seeds[0]])
