@@ -21,6 +21,7 @@ from posttrain.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from posttrain.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
 from posttrain.trainers.idk_sft import IdkSFTConfig, IdkSFTTrainer
 from posttrain.trainers.npo import NPOConfig, NPOTrainer
+from posttrain.trainers.pdu import PDUConfig, PDUTrainer
 from posttrain.trainers.sft import SFTConfig, SFTTrainer
 from posttrain.trainers.simnpo import SimNPOConfig, SimNPOTrainer
 from posttrain.trainers.unlearn import PairedCollator, UnlearnConfig, UnlearnTrainer, prepare
@@ -117,16 +118,17 @@ def test_collator_tokenises_like_trl_sft_and_masks_the_prompt(tiny_run, tiny_kg,
 # --- the methods ----------------------------------------------------------------------------------------------------
 
 def test_the_family_is_one_chain_each_method_bringing_only_its_forget_term():
-    """open-unlearning's chain: GradAscent and GradDiff on the base, NPO, SimNPO and IdkSFT on GradDiff. The loss is
-    the base's (GradDiff's adds the retain term), a method overrides forget_loss; retain_weight is GradDiff's, the
-    halves are named in reads once (GradAscent: the base's forget half)."""
+    """open-unlearning's chain: GradAscent and GradDiff on the base, NPO, SimNPO, IdkSFT and PDU on GradDiff. The
+    loss is the base's (GradDiff's adds the retain term), a method overrides forget_loss (PDU also the retain_loss
+    hook); retain_weight is GradDiff's, the halves are named in reads once (GradAscent: the base's forget half)."""
     chain = {GradAscentTrainer: UnlearnTrainer, GradDiffTrainer: UnlearnTrainer, NPOTrainer: GradDiffTrainer,
-             SimNPOTrainer: GradDiffTrainer, IdkSFTTrainer: GradDiffTrainer}
+             SimNPOTrainer: GradDiffTrainer, IdkSFTTrainer: GradDiffTrainer, PDUTrainer: GradDiffTrainer}
     configs = {GradAscentConfig: UnlearnConfig, GradDiffConfig: UnlearnConfig, NPOConfig: GradDiffConfig,
-               SimNPOConfig: GradDiffConfig, IdkSFTConfig: GradDiffConfig}
+               SimNPOConfig: GradDiffConfig, IdkSFTConfig: GradDiffConfig, PDUConfig: GradDiffConfig}
     assert all(cls.__bases__ == (parent,) for cls, parent in (*chain.items(), *configs.items()))
     assert all("forget_loss" in vars(cls) for cls in chain)
     assert [cls for cls in chain if "compute_loss" in vars(cls)] == [GradDiffTrainer]
+    assert [cls for cls in chain if "retain_loss" in vars(cls)] == [GradDiffTrainer, PDUTrainer]
     assert UnlearnTrainer.reads.splits == GradAscentTrainer.reads.splits == ("forget",)
     assert [cls for cls in chain if "reads" in vars(cls)] == [GradDiffTrainer, IdkSFTTrainer]  # IdkSFT: + entity
     assert all(cls.reads.splits == ("forget", "retain") for cls in chain if issubclass(cls, GradDiffTrainer))

@@ -25,6 +25,7 @@ METHODS = Registry("method", {
     "npo": "posttrain.trainers.npo",
     "simnpo": "posttrain.trainers.simnpo",
     "idk_sft": "posttrain.trainers.idk_sft",
+    "pdu": "posttrain.trainers.pdu",
     "rule_rs": "posttrain.trainers.rejection_steering",
     "rule": "posttrain.trainers.rule",
     "muscle": "posttrain.trainers.muscle",

@@ -5,7 +5,8 @@ L = -forget_weight · CE(forget) + retain_weight · CE(retain), each CE the mean
 answers (prompt masked); each forget item is paired with a random retain item (``unlearn.prepare``). What differs
 from ``UnlearnTrainer``: ``reads`` (the retain split too), ``retain_weight`` and the retain term added to the base's
 loss; the forget term is GradAscent's. As in open-unlearning, the methods with a retain term (NPO, SimNPO, IdkSFT)
-extend GradDiff and override only its ``forget_loss``. Rejected, because they would silently make it another
+extend GradDiff and override only its ``forget_loss``; the retain term is the ``retain_loss`` hook (RMU's is on
+activations) times ``self.retain_weight`` (``retain_weight`` at the start; PDU's dual variable moves it). Rejected, because they would silently make it another
 method: ``retain_weight <= 0`` (the retain split read and ignored: for GradDiff that is GradAscent, or worse),
 ``forget_weight <= 0``, a recipe without a forget or retain split, and forget items that are also retain items.
 Left out: open-unlearning's ``retain_loss_type: KL`` (KL to the model before unlearning on the retain half; the
@@ -15,6 +16,8 @@ reference it needs is ``reference.py``'s).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import torch
 
 from posttrain.core.errors import ConfigError
 from posttrain.trainers.base import Reads
@@ -42,11 +45,18 @@ class GradDiffTrainer(UnlearnTrainer):
     reads = Reads(splits=("forget", "retain"), optional=())
     forget_loss = GradAscentTrainer.forget_loss  # −CE(forget)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retain_weight = self.args.retain_weight  # the retain term's weight (a method may move it: PDU's dual)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        retain, _ = self.nll(model, inputs["retain"], "retain", num_items_in_batch)
-        loss = loss + self.args.retain_weight * retain
+        loss = loss + self.retain_weight * self.retain_loss(model, inputs["retain"], num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def retain_loss(self, model, batch: dict[str, torch.Tensor], num_items_in_batch=None) -> torch.Tensor:
+        """The retain term on the retain half ``batch`` (before ``retain_weight``): its mean token NLL."""
+        return self.nll(model, batch, "retain", num_items_in_batch)[0]
 
 
 Config, Trainer = GradDiffConfig, GradDiffTrainer  # the names the method registry loads

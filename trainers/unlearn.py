@@ -251,6 +251,29 @@ class UnlearnTrainer(SFTTrainer):
         SFTTrainer.record(self, f"{name}_nll", total[0] / total[1].clamp(min=1))
         return loss, outputs
 
+    def token_mean(self, per_token: torch.Tensor, labels: torch.Tensor, name: str, num_items_in_batch=None,
+                   keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of a per-position loss over the answer tokens of half ``name``, normalised over the optimizer
+        step as ``nll`` normalises its cross-entropy (so a token-level method takes the same steps on N processes or
+        with gradient accumulation as on one with the whole batch).
+
+        ``per_token``: [B, T-1], position t's loss for label t+1 (the shifted labels ``labels[:, 1:]``); ``keep``:
+        the positions counted (default: shifted labels other than -100). With ``num_items_in_batch`` the sum over
+        ``keep`` / the step's count of half ``name`` x processes x accumulation steps; without it, the micro-batch's
+        mean over ``keep``. The step's count is of ``answer_tokens``: a method whose ``keep`` is narrower counts its
+        own positions in ``_get_num_items_in_batch``."""
+        keep = labels[:, 1:] != -100 if keep is None else keep
+        total = per_token.masked_fill(~keep, 0).sum()
+        n = num_items_in_batch.get(name) if isinstance(num_items_in_batch, dict) else None
+        if n is None:
+            return total / keep.sum().clamp(min=1)
+        loss = total / n
+        if self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        if self.model.training:
+            loss = loss * self.current_gradient_accumulation_steps
+        return loss
+
     def record(self, name: str, value: torch.Tensor) -> None:
         """Log ``value`` (a scalar tensor) as ``name``, averaged over the processes (their micro-batches are of
         one size, so this is the mean over the step's global batch)."""
