@@ -22,9 +22,11 @@ from posttrain.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
 from posttrain.trainers.idk_sft import IdkSFTConfig, IdkSFTTrainer
 from posttrain.trainers.npo import NPOConfig, NPOTrainer
 from posttrain.trainers.pdu import PDUConfig, PDUTrainer
+from posttrain.trainers.satimp import SatImpConfig, SatImpTrainer
 from posttrain.trainers.sft import SFTConfig, SFTTrainer
 from posttrain.trainers.simnpo import SimNPOConfig, SimNPOTrainer
 from posttrain.trainers.unlearn import PairedCollator, UnlearnConfig, UnlearnTrainer, prepare
+from posttrain.trainers.wga import WGAConfig, WGATrainer
 
 FAST = ["--learning_rate", "5e-4", "--max_steps", "5", "--logging_steps", "1"]
 LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--learning_rate", "3e-3"]
@@ -118,13 +120,16 @@ def test_collator_tokenises_like_trl_sft_and_masks_the_prompt(tiny_run, tiny_kg,
 # --- the methods ----------------------------------------------------------------------------------------------------
 
 def test_the_family_is_one_chain_each_method_bringing_only_its_forget_term():
-    """open-unlearning's chain: GradAscent and GradDiff on the base, NPO, SimNPO, IdkSFT and PDU on GradDiff. The
-    loss is the base's (GradDiff's adds the retain term), a method overrides forget_loss (PDU also the retain_loss
-    hook); retain_weight is GradDiff's, the halves are named in reads once (GradAscent: the base's forget half)."""
+    """open-unlearning's chain: GradAscent and GradDiff on the base, NPO, SimNPO, IdkSFT, PDU, WGA and SatImp on
+    GradDiff. The loss is the base's (GradDiff's adds the retain term), a method overrides forget_loss (PDU also the
+    retain_loss hook); retain_weight is GradDiff's, the halves are named in reads once (GradAscent: the base's
+    forget half)."""
     chain = {GradAscentTrainer: UnlearnTrainer, GradDiffTrainer: UnlearnTrainer, NPOTrainer: GradDiffTrainer,
-             SimNPOTrainer: GradDiffTrainer, IdkSFTTrainer: GradDiffTrainer, PDUTrainer: GradDiffTrainer}
+             SimNPOTrainer: GradDiffTrainer, IdkSFTTrainer: GradDiffTrainer, PDUTrainer: GradDiffTrainer,
+             WGATrainer: GradDiffTrainer, SatImpTrainer: GradDiffTrainer}
     configs = {GradAscentConfig: UnlearnConfig, GradDiffConfig: UnlearnConfig, NPOConfig: GradDiffConfig,
-               SimNPOConfig: GradDiffConfig, IdkSFTConfig: GradDiffConfig, PDUConfig: GradDiffConfig}
+               SimNPOConfig: GradDiffConfig, IdkSFTConfig: GradDiffConfig, PDUConfig: GradDiffConfig,
+               WGAConfig: GradDiffConfig, SatImpConfig: GradDiffConfig}
     assert all(cls.__bases__ == (parent,) for cls, parent in (*chain.items(), *configs.items()))
     assert all("forget_loss" in vars(cls) for cls in chain)
     assert [cls for cls in chain if "compute_loss" in vars(cls)] == [GradDiffTrainer]

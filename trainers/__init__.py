@@ -26,6 +26,8 @@ METHODS = Registry("method", {
     "simnpo": "posttrain.trainers.simnpo",
     "idk_sft": "posttrain.trainers.idk_sft",
     "pdu": "posttrain.trainers.pdu",
+    "wga": "posttrain.trainers.wga",
+    "satimp": "posttrain.trainers.satimp",
     "rule_rs": "posttrain.trainers.rejection_steering",
     "rule": "posttrain.trainers.rule",
     "muscle": "posttrain.trainers.muscle",
